@@ -1,0 +1,138 @@
+"""``padellm-ner``: extract, serve, train, evaluate, bench.
+
+Each subcommand's work lives in its own module; this file only declares arguments and
+turns user errors into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from padellm_ner.errors import PadellmError
+
+__all__ = ["main", "build_parser"]
+
+# subcommand -> "module:function" taking the parsed args and returning an exit status
+_HANDLERS = {
+    "extract": "padellm_ner.extract:run_extract",
+    "serve": "padellm_ner.serving.serve:run_serve",
+    "train": "padellm_ner.train.cli:run_train",
+    "evaluate": "padellm_ner.evaluate:run_evaluate",
+    "bench": "padellm_ner.bench.cli:run_bench",
+}
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (embedded), a base name (smollm2-135m), an HF folder or a LoRA adapter folder")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--max-batch-size", type=int, default=64, help="sequences decoded together")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="padellm-ner", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("extract", help="extract entities from text, a JSONL file, or via a server")
+    p.add_argument("text", nargs="?", help="the text (omit with --input)")
+    p.add_argument("--labels", nargs="+", help="entity labels (default: the model's labels)")
+    p.add_argument("--input", help="JSONL file, one {\"text\": ...} (or {\"id\", \"text\", \"labels\"}) per line")
+    p.add_argument("--output", help="JSONL output (with --input); a rerun skips lines already done")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--server", help="host:port of a padellm-ner Triton server (gRPC)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request with --server")
+    p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
+    p.add_argument("--max-mentions", type=int, default=16, help="bound on mentions per label")
+    p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")
+    _add_model_args(p)
+
+    p = sub.add_parser("serve", help="run tritonserver with the padellm-ner model repository")
+    _add_model_args(p)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--repository", help="where to assemble the model repository (default: a temp dir)")
+    p.add_argument("--labels", nargs="+", help="default labels of the served model")
+    p.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
+
+    p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")
+    p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")
+    p.add_argument("--dataset", required=True, help="NAME[,NAME...] under shared/datasets or a folder path")
+    p.add_argument("--base", default="smollm2-135m", help="base model name or HF folder")
+    p.add_argument("--out", required=True, help="output folder (adapter or full model)")
+    p.add_argument("--labels-file", help="JSON {tag: label words} for the prompts")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
+                   help="train a LoRA adapter (default) or the full model (--no-lora)")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training sentences")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step (length-grouped)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=float, default=0.03, help="warmup fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--eval-limit", type=int, default=200, help="dev sentences evaluated at the end")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    p = sub.add_parser("evaluate", help="micro-F1 (paper) and span F1 on a dataset split")
+    _add_model_args(p)
+    p.add_argument("--dataset", required=True, help="name under shared/datasets or a folder path")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--labels", nargs="+", help="labels to ask for (default: the dataset's)")
+    p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
+
+    p = sub.add_parser("bench", help="latency and load benchmarks (tables + chart)")
+    bsub = p.add_subparsers(dest="bench_command", required=True)
+    b = bsub.add_parser("latency", help="one sentence at a time, methods interleaved")
+    b.add_argument("--dataset", default="conll2003")
+    b.add_argument("--split", default="test")
+    b.add_argument("--limit", type=int, default=300)
+    b.add_argument("--models", required=True, help="method=DIR[,method=DIR...] (padellm, ar_aug, ar_struct, onestep)")
+    b.add_argument("--server", help="also time the padellm model through Triton at host:port")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="auto")
+    b.add_argument("--out", default="docs/benchmarks", help="folder for the table and chart")
+    b = bsub.add_parser("load", help="throughput and latency percentiles against a server")
+    b.add_argument("--server", required=True)
+    b.add_argument("--dataset", default="conll2003")
+    b.add_argument("--limit", type=int, default=200)
+    b.add_argument("--concurrency", default="1,4,16,64")
+    b.add_argument("--duration", type=float, default=20.0)
+    b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
+    b.add_argument("--out", default="docs/benchmarks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    module_name, func_name = _HANDLERS[args.command].split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    try:
+        return int(handler(args) or 0)
+    except PadellmError as exc:
+        print(f"padellm-ner {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"padellm-ner {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Map predicted mention strings back to character offsets in the source text.
+
+PaDeLLM predicts strings, not positions. The k-th mention of a label is mapped to its
+occurrence in the text after the (k-1)-th one's, preferring whole-word matches, so
+repeated strings ("Korea ... Korea") get distinct offsets. A string that does not occur
+is kept without offsets and flagged (``Entity.grounded`` is False), never guessed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["find_occurrences", "ground_mentions"]
+
+
+def _is_word_char(ch: str) -> bool:
+    # NOTE: CJK characters are "word" characters too, but Chinese has no spaces, so
+    # boundaries only matter between ASCII letters/digits.
+    return ch.isascii() and ch.isalnum()
+
+
+def find_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
+    """All (start, end) occurrences of ``mention`` in ``text``, whole-word ones first."""
+    if not mention:
+        return []
+    whole: list[tuple[int, int]] = []
+    partial: list[tuple[int, int]] = []
+    start = text.find(mention)
+    while start != -1:
+        end = start + len(mention)
+        left_ok = start == 0 or not (_is_word_char(text[start - 1]) and _is_word_char(mention[0]))
+        right_ok = end == len(text) or not (
+            _is_word_char(text[end]) and _is_word_char(mention[-1])
+        )
+        (whole if left_ok and right_ok else partial).append((start, end))
+        start = text.find(mention, start + 1)
+    return whole + partial
+
+
+def ground_mentions(
+    text: str, mentions: Sequence[str]
+) -> list[tuple[int, int] | None]:
+    """Offsets for one label's mentions, given in order of appearance.
+
+    Each mention takes the first unused whole-word occurrence at or after the previous
+    mention's start; failing that, any unused occurrence; failing that, ``None``.
+    """
+    used: set[tuple[int, int]] = set()
+    cursor = 0
+    spans: list[tuple[int, int] | None] = []
+    for mention in mentions:
+        candidates = [span for span in find_occurrences(text, mention) if span not in used]
+        after = [span for span in candidates if span[0] >= cursor]
+        pick = (after or candidates or [None])[0]
+        if pick is not None:
+            used.add(pick)
+            cursor = pick[0]
+        spans.append(pick)
+    return spans

