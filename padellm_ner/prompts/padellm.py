@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from padellm_ner.prompts.base import Completion, OutputFormat, TrainingPair
+from padellm_ner.types import Example
 
 __all__ = [
     "PromptTemplate",
@@ -19,6 +22,7 @@ __all__ = [
     "template_for",
     "parse_count",
     "CountParse",
+    "PaDeLLMFormat",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,3 +119,55 @@ def parse_count(generated: str, max_count: int = 32) -> CountParse:
         logger.warning("count %d above max_count=%d; clamped", value, max_count)
         return CountParse(max_count, False, generated)
     return CountParse(value, True, generated)
+
+
+class PaDeLLMFormat(OutputFormat):
+    """PaDeLLM as an ``OutputFormat``: one pair per (label, mention index), ``0`` if none.
+
+    Labels are the dataset's tags; ``label_words`` maps a tag to the word written in the
+    prompt (e.g. MSRA ``PER`` -> ``名称``); unmapped tags are written as they are.
+    """
+
+    name = "padellm"
+
+    def __init__(self, lang: str = "en", label_words: Mapping[str, str] | None = None) -> None:
+        super().__init__(lang)
+        self.template = template_for(lang)
+        self.label_words = dict(label_words or {})
+
+    def prompt(self, text: str, label: str) -> str:
+        """The count prompt of one tag (the prompt of every training pair of that tag)."""
+        return self.template.count_prompt(text, self.label_words.get(label, label))
+
+    def prompts(self, text: str, labels: Sequence[str]) -> list[tuple[str | None, str]]:
+        return [(label, self.prompt(text, label)) for label in labels]
+
+    def render(self, example: Example, labels: Sequence[str]) -> list[TrainingPair]:
+        pairs = []
+        for label in labels:
+            prompt = self.prompt(example.text, label)
+            mentions = example.mentions_of(label)
+            if not mentions:
+                pairs.append(TrainingPair(prompt, ("0",), label))
+                continue
+            for prefix, mention in self.template.targets(mentions):
+                pairs.append(TrainingPair(prompt, (prefix, mention), label))
+        return pairs
+
+    def parse(self, text: str, completions: Sequence[Completion]) -> list[tuple[str, str]]:
+        """Mentions of full targets (``"2\\n<mention 1>EU"``); counts and garbage give none."""
+        found: dict[str, list[tuple[int, str]]] = {}
+        for completion in completions:
+            if completion.label is None:
+                continue
+            parsed = self.template.parse_target(completion.text)
+            if parsed is None or parsed[0] == 0:
+                continue
+            mention = parsed[2].strip()
+            if mention:
+                found.setdefault(completion.label, []).append((parsed[1], mention))
+        return [
+            (label, mention)
+            for label, items in found.items()
+            for _k, mention in sorted(items, key=lambda item: item[0])
+        ]
