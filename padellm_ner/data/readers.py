@@ -24,6 +24,7 @@ __all__ = [
     "detect_format",
     "detect_lang",
     "read_file",
+    "read_sentences",
     "read_tagged",
     "read_jsonlines",
 ]
@@ -124,7 +125,14 @@ def _columns(line: str) -> list[str]:
     return [c for c in cols if c]
 
 
-def _sentences(path: Path, strip_digit: bool) -> Iterator[tuple[list[str], list[str]]]:
+def _strip_digit(token: str) -> str:
+    # NOTE: Weibo appends the character's position in its word, which can be two digits
+    # ("p10"), and the character itself can be a digit ("20"): keep the first character.
+    return token[:1] + token[1:].rstrip("0123456789")
+
+
+def read_sentences(path: Path, strip_digit: bool = False) -> Iterator[tuple[list[str], list[str]]]:
+    """``(tokens, tags)`` of each sentence of a one-token-per-line file."""
     tokens: list[str] = []
     tags: list[str] = []
     for line in _lines(path):
@@ -138,7 +146,7 @@ def _sentences(path: Path, strip_digit: bool) -> Iterator[tuple[list[str], list[
             continue
         if len(cols) < 2:
             raise InvalidInputError(f"{path}: expected 'token tag' columns, got {line!r}")
-        token = cols[0][:-1] if strip_digit and len(cols[0]) > 1 else cols[0]
+        token = _strip_digit(cols[0]) if strip_digit else cols[0]
         tokens.append(token)
         tags.append(cols[-1].strip())
     if tokens:
@@ -149,7 +157,7 @@ def read_tagged(path: Path, split: str, lang: str, strip_digit: bool = False) ->
     """Read a one-token-per-line file (tag in the last column) into examples."""
     return [
         _example(tokens, decode_tags(tags), lang, f"{split}:{i}")
-        for i, (tokens, tags) in enumerate(_sentences(path, strip_digit))
+        for i, (tokens, tags) in enumerate(read_sentences(path, strip_digit))
     ]
 
 
@@ -205,7 +213,7 @@ def detect_format(path: Path) -> FileFormat:
         raise InvalidInputError(f"{path}: unrecognised format (expected 'token tag' lines)")
     # NOTE: Weibo tokens are one character plus a segmentation digit ("科0").
     tokens = [cols[0] for cols in rows]
-    weibo = all(len(t) == 2 and t[1].isdigit() for t in tokens)
+    weibo = all(len(t) >= 2 and t[-1].isdigit() for t in tokens)
     return FileFormat("tagged", strip_digit=weibo)
 
 
