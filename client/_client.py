@@ -1,0 +1,617 @@
+"""``NERClient`` and ``AsyncNERClient``: the padellm server over Triton gRPC streaming.
+
+The orchestrator model ``padellm`` is decoupled, so every call is a gRPC stream (a unary
+``infer`` would get UNIMPLEMENTED). One call = one stream = one request; the per-call
+``timeout`` is the stream deadline, so an expired call raises ``DeadlineExceededError``.
+
+As in httpx, ``_BaseClient`` holds the configuration and the two clients differ only in
+``def`` vs ``async def``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferResult
+from tritonclient.utils import InferenceServerException
+
+from ._constants import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    NOT_GIVEN,
+    NotGiven,
+)
+from ._exceptions import (
+    APIConnectionError,
+    APITimeoutError,
+    NotFoundError,
+    UnavailableError,
+    map_exception,
+    map_exceptions,
+)
+from ._types import Entity, LabelResult
+from ._wire import (
+    build_inputs,
+    decode_entities,
+    decode_label_result,
+    is_empty_response,
+    is_final_response,
+)
+
+__all__ = ["AsyncNERClient", "ClientState", "NERClient"]
+
+# Extra seconds the sync client waits for the stream's own DEADLINE_EXCEEDED before giving up.
+_LOCAL_GRACE_S = 5.0
+
+_C = TypeVar("_C", bound="NERClient")
+_A = TypeVar("_A", bound="AsyncNERClient")
+
+
+class ClientState(enum.Enum):
+    UNOPENED = 1  # created, usable, not yet entered as a context manager
+    OPENED = 2  # entered as a context manager
+    CLOSED = 3  # closed: every further call raises RuntimeError
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_concurrency(concurrency: int) -> int:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    return concurrency
+
+
+def _check_texts(texts: Iterable[str]) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a list of str, not a single string (use extract())")
+    return list(texts)
+
+
+class _BaseClient:
+    """Configuration shared by the sync and async clients."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model_name: str = DEFAULT_MODEL_NAME,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise ValueError(f"url must be a non-empty 'host:port' string, got {url!r}")
+        if "://" in url:
+            raise ValueError(f"url is 'host:port' without a scheme (use ssl=True for TLS): {url!r}")
+        if not isinstance(model_name, str) or not model_name:
+            raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
+        tls_files = {
+            "root_certificates": root_certificates,
+            "private_key": private_key,
+            "certificate_chain": certificate_chain,
+        }
+        given = [name for name, path in tls_files.items() if path is not None]
+        if given and not ssl:
+            raise ValueError(f"{', '.join(given)} given but ssl=False; pass ssl=True to use TLS")
+        for name, path in tls_files.items():
+            if path is not None and not os.path.isfile(path):
+                raise FileNotFoundError(f"TLS {name} file not found: {os.fspath(path)!r}")
+        self._url = url
+        self._model_name = model_name
+        self._timeout = _check_timeout(timeout)
+        self._triton_kwargs: dict[str, Any] = {
+            "url": url,
+            "verbose": bool(verbose),
+            "ssl": bool(ssl),
+            "root_certificates": None
+            if root_certificates is None
+            else os.fspath(root_certificates),
+            "private_key": None if private_key is None else os.fspath(private_key),
+            "certificate_chain": None
+            if certificate_chain is None
+            else os.fspath(certificate_chain),
+        }
+        self._state = ClientState.UNOPENED
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def timeout(self) -> float | None:
+        """Default seconds per call (``None``: no deadline)."""
+        return self._timeout
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is ClientState.CLOSED
+
+    def _resolve_timeout(self, timeout: float | None | NotGiven) -> float | None:
+        """``NOT_GIVEN`` -> the client's timeout; ``None`` -> no deadline; else seconds."""
+        if isinstance(timeout, NotGiven):
+            return self._timeout
+        return _check_timeout(timeout)
+
+    def _check_open(self) -> None:
+        if self._state is ClientState.CLOSED:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+
+    def _enter(self) -> None:
+        if self._state is ClientState.CLOSED:
+            raise RuntimeError("Cannot reopen a client instance, once it has been closed.")
+        if self._state is ClientState.OPENED:
+            raise RuntimeError("Cannot open a client instance more than once.")
+        self._state = ClientState.OPENED
+
+    @staticmethod
+    def _request_id() -> str:
+        return uuid.uuid4().hex
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._url!r}, model_name={self._model_name!r})"
+
+
+def _stop_stream(client: triton_grpc.InferenceServerClient, *, cancel: bool) -> None:
+    """Stop the client's stream; with ``cancel`` abort the request still running."""
+    stream = getattr(client, "_stream", None)
+    with contextlib.suppress(Exception):
+        client.stop_stream(cancel_requests=cancel)
+    if cancel and stream is not None:
+        # NOTE: after a cancel tritonclient 2.73 leaves grpc's request-iterator thread
+        # blocked on its queue; one None ends it instead of leaking a thread per call.
+        request_queue = getattr(stream, "_request_queue", None)
+        if request_queue is not None:
+            request_queue.put(None)
+
+
+class NERClient(_BaseClient):
+    """Blocking client. Thread-safe: each concurrent call gets its own gRPC stream.
+
+    A tritonclient ``InferenceServerClient`` holds one stream at a time, so the client keeps
+    a small pool of them (one per call in flight; ``extract_many`` uses up to ``concurrency``).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model_name: str = DEFAULT_MODEL_NAME,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            url,
+            model_name=model_name,
+            timeout=timeout,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            verbose=verbose,
+        )
+        self._lock = threading.Lock()
+        self._idle: list[triton_grpc.InferenceServerClient] = []
+        self._idle.append(self._new_triton_client())  # bad settings fail here, not later
+
+    def _new_triton_client(self) -> triton_grpc.InferenceServerClient:
+        with map_exceptions():
+            return triton_grpc.InferenceServerClient(**self._triton_kwargs)
+
+    @contextlib.contextmanager
+    def _acquire(self) -> Iterator[triton_grpc.InferenceServerClient]:
+        with self._lock:
+            self._check_open()
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = self._new_triton_client()
+        try:
+            yield client
+        finally:
+            with self._lock:
+                keep = self._state is not ClientState.CLOSED
+                if keep:
+                    self._idle.append(client)
+            if not keep:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self: _C) -> _C:
+        self._enter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections. Calls after this raise ``RuntimeError``."""
+        with self._lock:
+            self._state = ClientState.CLOSED
+            idle, self._idle = self._idle, []
+        for client in idle:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def is_ready(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> bool:
+        """True when the server is live and the model is loaded and ready."""
+        seconds = self._resolve_timeout(timeout)
+        with self._acquire() as client:
+            try:
+                with map_exceptions():
+                    return bool(client.is_server_live(client_timeout=seconds)) and bool(
+                        client.is_model_ready(self._model_name, client_timeout=seconds)
+                    )
+            except (APIConnectionError, NotFoundError, UnavailableError):
+                return False
+
+    def extract(
+        self,
+        text: str,
+        *,
+        labels: Sequence[str] | None = None,
+        max_mentions: int | None = None,
+        dedup: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> list[Entity]:
+        """The entities of ``text`` (all labels, or only ``labels``)."""
+        self._check_open()
+        inputs = build_inputs(text, labels=labels, max_mentions=max_mentions, dedup=dedup)
+        return self._collect(inputs, self._resolve_timeout(timeout))
+
+    def extract_many(
+        self,
+        texts: Iterable[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        labels: Sequence[str] | None = None,
+        max_mentions: int | None = None,
+        dedup: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> list[list[Entity]]:
+        """``extract`` for each text, at most ``concurrency`` at a time; results in input order.
+
+        ``timeout`` applies to each text. The first error is raised and cancels the rest.
+        """
+        self._check_open()
+        texts = _check_texts(texts)
+        concurrency = _check_concurrency(concurrency)
+        seconds = self._resolve_timeout(timeout)
+        requests = [
+            build_inputs(t, labels=labels, max_mentions=max_mentions, dedup=dedup) for t in texts
+        ]
+        if not requests:
+            return []
+        workers = min(concurrency, len(requests))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="padellm-client") as pool:
+            futures = [pool.submit(self._collect, inputs, seconds) for inputs in requests]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def stream(
+        self,
+        text: str,
+        *,
+        labels: Sequence[str] | None = None,
+        max_mentions: int | None = None,
+        dedup: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> Iterator[LabelResult]:
+        """Yield one :class:`LabelResult` per label as the server finishes it.
+
+        Arguments are checked now; the request is sent when iteration starts. Leaving the
+        loop early cancels the request.
+        """
+        self._check_open()
+        inputs = build_inputs(
+            text, labels=labels, max_mentions=max_mentions, dedup=dedup, stream=True
+        )
+        return self._label_results(inputs, self._resolve_timeout(timeout))
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def _collect(self, inputs: list[InferInput], timeout: float | None) -> list[Entity]:
+        entities: list[Entity] = []
+        for result in self._responses(inputs, timeout):
+            entities.extend(decode_entities(result))
+        return entities
+
+    def _label_results(
+        self, inputs: list[InferInput], timeout: float | None
+    ) -> Iterator[LabelResult]:
+        with contextlib.closing(self._responses(inputs, timeout)) as responses:
+            for result in responses:
+                yield decode_label_result(result)
+
+    def _responses(self, inputs: list[InferInput], timeout: float | None) -> Iterator[InferResult]:
+        """Send one request on a new stream; yield its non-empty responses until the final one."""
+        with self._acquire() as client:
+            results: queue.SimpleQueue[tuple[InferResult | None, Exception | None]]
+            results = queue.SimpleQueue()
+
+            def callback(result: InferResult | None, error: Exception | None) -> None:
+                results.put((result, error))
+
+            done = False
+            try:
+                with map_exceptions():
+                    client.start_stream(callback, stream_timeout=timeout)
+                try:
+                    client.async_stream_infer(
+                        self._model_name,
+                        inputs,
+                        request_id=self._request_id(),
+                        enable_empty_final_response=True,
+                    )
+                except InferenceServerException as exc:
+                    # The stream can fail (e.g. connection refused) before the request is
+                    # queued; the real cause then arrives through the callback.
+                    try:
+                        _, error = results.get(timeout=1.0)
+                    except queue.Empty:
+                        error = None
+                    cause = error if error is not None else exc
+                    raise map_exception(cause) from cause
+                deadline = None if timeout is None else time.monotonic() + timeout + _LOCAL_GRACE_S
+                while True:
+                    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    try:
+                        result, error = results.get(timeout=wait)
+                    except queue.Empty:
+                        raise APITimeoutError(f"no response within {timeout} s") from None
+                    if error is not None:
+                        raise map_exception(error) from error
+                    assert result is not None
+                    final = is_final_response(result)
+                    if not is_empty_response(result):
+                        yield result
+                    if final:
+                        done = True
+                        return
+            finally:
+                _stop_stream(client, cancel=not done)
+
+
+class AsyncNERClient(_BaseClient):
+    """Asyncio client (``tritonclient.grpc.aio``); each call is its own gRPC stream."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        model_name: str = DEFAULT_MODEL_NAME,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        ssl: bool = False,
+        root_certificates: str | os.PathLike[str] | None = None,
+        private_key: str | os.PathLike[str] | None = None,
+        certificate_chain: str | os.PathLike[str] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            url,
+            model_name=model_name,
+            timeout=timeout,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            verbose=verbose,
+        )
+        # Created on first use, inside the running event loop that grpc.aio binds it to.
+        self._client: triton_aio.InferenceServerClient | None = None
+
+    def _get_client(self) -> triton_aio.InferenceServerClient:
+        self._check_open()
+        if self._client is None:
+            with map_exceptions():
+                self._client = triton_aio.InferenceServerClient(**self._triton_kwargs)
+        return self._client
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self: _A) -> _A:
+        self._enter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection. Calls after this raise ``RuntimeError``."""
+        self._state = ClientState.CLOSED
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def is_ready(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> bool:
+        """True when the server is live and the model is loaded and ready."""
+        seconds = self._resolve_timeout(timeout)
+        client = self._get_client()
+        try:
+            with map_exceptions():
+                return bool(await client.is_server_live(client_timeout=seconds)) and bool(
+                    await client.is_model_ready(self._model_name, client_timeout=seconds)
+                )
+        except (APIConnectionError, NotFoundError, UnavailableError):
+            return False
+
+    async def extract(
+        self,
+        text: str,
+        *,
+        labels: Sequence[str] | None = None,
+        max_mentions: int | None = None,
+        dedup: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> list[Entity]:
+        """The entities of ``text`` (all labels, or only ``labels``)."""
+        self._check_open()
+        inputs = build_inputs(text, labels=labels, max_mentions=max_mentions, dedup=dedup)
+        return await self._collect(inputs, self._resolve_timeout(timeout))
+
+    async def extract_many(
+        self,
+        texts: Iterable[str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        labels: Sequence[str] | None = None,
+        max_mentions: int | None = None,
+        dedup: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> list[list[Entity]]:
+        """``extract`` for each text, at most ``concurrency`` at a time; results in input order.
+
+        ``timeout`` applies to each text. The first error is raised and cancels the rest.
+        """
+        self._check_open()
+        texts = _check_texts(texts)
+        concurrency = _check_concurrency(concurrency)
+        seconds = self._resolve_timeout(timeout)
+        requests = [
+            build_inputs(t, labels=labels, max_mentions=max_mentions, dedup=dedup) for t in texts
+        ]
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(inputs: list[InferInput]) -> list[Entity]:
+            async with semaphore:
+                return await self._collect(inputs, seconds)
+
+        tasks = [asyncio.ensure_future(one(inputs)) for inputs in requests]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def stream(
+        self,
+        text: str,
+        *,
+        labels: Sequence[str] | None = None,
+        max_mentions: int | None = None,
+        dedup: str | None = None,
+        timeout: float | None | NotGiven = NOT_GIVEN,
+    ) -> AsyncIterator[LabelResult]:
+        """Yield one :class:`LabelResult` per label as the server finishes it (``async for``).
+
+        Arguments are checked now; the request is sent when iteration starts. Leaving the
+        loop early cancels the request.
+        """
+        self._check_open()
+        inputs = build_inputs(
+            text, labels=labels, max_mentions=max_mentions, dedup=dedup, stream=True
+        )
+        return self._label_results(inputs, self._resolve_timeout(timeout))
+
+    # -- the stream ------------------------------------------------------------------------
+
+    async def _collect(self, inputs: list[InferInput], timeout: float | None) -> list[Entity]:
+        entities: list[Entity] = []
+        async for result in self._responses(inputs, timeout):
+            entities.extend(decode_entities(result))
+        return entities
+
+    async def _label_results(
+        self, inputs: list[InferInput], timeout: float | None
+    ) -> AsyncIterator[LabelResult]:
+        responses = self._responses(inputs, timeout)
+        try:
+            async for result in responses:
+                yield decode_label_result(result)
+        finally:
+            await responses.aclose()
+
+    async def _responses(
+        self, inputs: list[InferInput], timeout: float | None
+    ) -> AsyncIterator[InferResult]:
+        """Send one request on a new stream; yield its non-empty responses until the final one.
+
+        The request iterator ends after the one request (half-close), so the server also
+        ends the stream once the request is complete.
+        """
+        client = self._get_client()
+        request = {
+            "model_name": self._model_name,
+            "inputs": inputs,
+            "request_id": self._request_id(),
+        }
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield request
+
+        with map_exceptions():
+            responses = client.stream_infer(requests(), stream_timeout=timeout)
+        done = False
+        try:
+            try:
+                async for result, error in responses:
+                    if error is not None:
+                        raise map_exception(error) from error
+                    final = is_final_response(result)
+                    if not is_empty_response(result):
+                        yield result
+                    if final:
+                        break
+                done = True
+            except grpc.RpcError as exc:
+                raise map_exception(exc) from exc
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    responses.cancel()
