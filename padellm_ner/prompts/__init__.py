@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.prompts.base import Completion, OutputFormat, TrainingPair
+from padellm_ner.prompts.baselines import AutoRegAugFormat, AutoRegStructFormat, OneStepFormat
 from padellm_ner.prompts.padellm import PaDeLLMFormat
 
 __all__ = [
@@ -13,11 +14,19 @@ __all__ = [
     "OutputFormat",
     "TrainingPair",
     "PaDeLLMFormat",
+    "AutoRegAugFormat",
+    "AutoRegStructFormat",
+    "OneStepFormat",
     "FORMATS",
     "get_format",
 ]
 
-FORMATS: dict[str, type[OutputFormat]] = {"padellm": PaDeLLMFormat}
+FORMATS: dict[str, type[OutputFormat]] = {
+    "padellm": PaDeLLMFormat,
+    "ar_aug": AutoRegAugFormat,
+    "ar_struct": AutoRegStructFormat,
+    "onestep": OneStepFormat,
+}
 
 
 def get_format(
