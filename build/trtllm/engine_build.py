@@ -1,0 +1,263 @@
+"""Build a TensorRT-LLM engine for the ``tensorrt_llm`` Triton model.
+
+Two steps, as in NVIDIA's examples: ``examples/models/core/<family>/convert_checkpoint.py``
+turns a Hugging Face folder into a TensorRT-LLM checkpoint, then ``trtllm-build`` compiles
+the engine with the limits of a build profile (``padellm_build.trtllm.profiles``). A LoRA
+adapter is merged into its base first (the engine serves one merged model).
+
+Layout under ``--out``: ``hf/`` (merged model, adapters only), ``checkpoint/``, ``engine/``.
+Run it inside NVIDIA's Triton TensorRT-LLM container on the GPU you will serve on
+(``--dry-run`` prints the commands anywhere).
+
+Usage::
+
+    python -m padellm_build.trtllm.engine_build --model default --profile h100 \\
+        --out /models/padellm --trtllm-examples TensorRT-LLM/examples
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from padellm_build.trtllm.profiles import PROFILES, BuildProfile, get_profile
+
+__all__ = [
+    "CONVERT_SCRIPTS",
+    "EngineBuildError",
+    "BuildPlan",
+    "plan_build",
+    "convert_command",
+    "build_command",
+    "merge_adapter",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+#: HF architecture -> convert script under ``<TensorRT-LLM>/examples``.
+CONVERT_SCRIPTS: dict[str, str] = {
+    "LlamaForCausalLM": "models/core/llama/convert_checkpoint.py",  # SmolLM2, Llama 2/3
+    "MistralForCausalLM": "models/core/llama/convert_checkpoint.py",
+    "Qwen2ForCausalLM": "models/core/qwen/convert_checkpoint.py",
+}
+_DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "TensorRT-LLM/examples")
+
+
+class EngineBuildError(RuntimeError):
+    """The engine cannot be built here (missing tool, unsupported model, failed step)."""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one build does, in order.
+
+    Attributes:
+        source_dir: the resolved ``--model`` folder (HF model or LoRA adapter).
+        hf_dir: the HF folder given to the convert script (``out/hf`` for an adapter).
+        is_adapter: ``source_dir`` is a LoRA adapter that must be merged into ``hf_dir``.
+        checkpoint_dir: TensorRT-LLM checkpoint folder.
+        engine_dir: engine folder (``gpt_model_path`` of the Triton model).
+        commands: the convert and build command lines.
+    """
+
+    source_dir: Path
+    hf_dir: Path
+    is_adapter: bool
+    checkpoint_dir: Path
+    engine_dir: Path
+    commands: tuple[tuple[str, ...], ...]
+
+
+def convert_command(
+    hf_dir: Path,
+    checkpoint_dir: Path,
+    profile: BuildProfile,
+    trtllm_examples: Path,
+    architecture: str = "LlamaForCausalLM",
+    python: str = "python",
+) -> list[str]:
+    """``convert_checkpoint.py`` for ``architecture`` (single GPU, the profile's dtype)."""
+    try:
+        script = CONVERT_SCRIPTS[architecture]
+    except KeyError:
+        known = ", ".join(CONVERT_SCRIPTS)
+        raise EngineBuildError(f"no convert script for {architecture!r} (known: {known})") from None
+    return [
+        python, str(trtllm_examples / script),
+        "--model_dir", str(hf_dir),
+        "--output_dir", str(checkpoint_dir),
+        "--dtype", profile.dtype,
+        "--tp_size", "1",
+    ]  # fmt: skip
+
+
+def build_command(checkpoint_dir: Path, engine_dir: Path, profile: BuildProfile) -> list[str]:
+    """``trtllm-build`` with paged KV cache and paged context FMHA.
+
+    NOTE: ``--use_paged_context_fmha enable`` is what lets the runtime reuse KV blocks
+    across requests (``enable_kv_cache_reuse``) and chunk long contexts. No
+    ``--gather_generation_logits``: mention scores come from ``return_log_probs``.
+    """
+    return [
+        "trtllm-build",
+        "--checkpoint_dir", str(checkpoint_dir),
+        "--output_dir", str(engine_dir),
+        "--gemm_plugin", "auto",
+        "--gpt_attention_plugin", "auto",
+        "--remove_input_padding", "enable",
+        "--kv_cache_type", "paged",
+        "--context_fmha", "enable",
+        "--use_paged_context_fmha", "enable",
+        *profile.build_flags(),
+    ]  # fmt: skip
+
+
+def _architecture(hf_dir: Path) -> str:
+    config = hf_dir / "config.json"
+    if not config.exists():
+        return "LlamaForCausalLM"  # NOTE: an adapter's base is merged later; ours are Llama.
+    architectures = json.loads(config.read_text()).get("architectures") or ["LlamaForCausalLM"]
+    return str(architectures[0])
+
+
+def _adapter_base_dir(adapter_dir: Path) -> Path:
+    from padellm_ner.models import _adapter_base, resolve_model_dir
+
+    base = _adapter_base(adapter_dir)
+    if base is None:
+        raise EngineBuildError(f"{adapter_dir} is not a LoRA adapter folder")
+    return resolve_model_dir(base)
+
+
+def plan_build(
+    model: str,
+    profile: BuildProfile,
+    out: Path,
+    trtllm_examples: Path,
+    python: str = "python",
+) -> BuildPlan:
+    """Resolve ``model`` and lay out the build under ``out`` (runs nothing).
+
+    Args:
+        model: ``default``, a base name (``smollm2-135m``), an HF folder or a LoRA adapter.
+        profile: engine limits.
+        out: output root.
+        trtllm_examples: the ``examples`` folder of a TensorRT-LLM checkout that matches
+            the container's ``tensorrt_llm`` version.
+        python: interpreter that has ``tensorrt_llm`` installed.
+    """
+    from padellm_ner.models import resolve_model_dir
+
+    source = resolve_model_dir(model)
+    is_adapter = (source / "adapter_config.json").exists() and not (source / "config.json").exists()
+    hf_dir = out / "hf" if is_adapter else source
+    arch_dir = _adapter_base_dir(source) if is_adapter else source
+    checkpoint_dir, engine_dir = out / "checkpoint", out / "engine"
+    commands = (
+        tuple(
+            convert_command(
+                hf_dir, checkpoint_dir, profile, trtllm_examples, _architecture(arch_dir), python
+            )
+        ),
+        tuple(build_command(checkpoint_dir, engine_dir, profile)),
+    )
+    return BuildPlan(source, hf_dir, is_adapter, checkpoint_dir, engine_dir, commands)
+
+
+def merge_adapter(adapter_dir: Path, hf_dir: Path, dtype: str = "bfloat16") -> None:
+    """Fold a LoRA adapter into its base and save a plain HF folder (weights + tokenizer)."""
+    from padellm_ner.models import load_model
+
+    loaded = load_model(str(adapter_dir), device="cpu", dtype=dtype, merge_adapter=True)
+    tmp = hf_dir.with_name(hf_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(tmp)
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    tmp.rename(hf_dir)  # NOTE: a crash mid-way leaves only the .tmp folder
+
+
+def _check_tools(plan: BuildPlan) -> None:
+    if shutil.which("trtllm-build") is None:
+        raise EngineBuildError(
+            "trtllm-build is not on PATH: run this inside NVIDIA's Triton TensorRT-LLM container "
+            "(nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3) on the target GPU, "
+            "or use --dry-run to print the commands"
+        )
+    script = Path(plan.commands[0][1])
+    if not script.exists():
+        raise EngineBuildError(
+            f"{script} not found: pass --trtllm-examples <TensorRT-LLM checkout>/examples "
+            "(the checkout must match the container's tensorrt_llm version)"
+        )
+
+
+def _run(plan: BuildPlan, profile: BuildProfile) -> None:
+    _check_tools(plan)
+    if plan.is_adapter:
+        logger.info("merging adapter %s into %s", plan.source_dir, plan.hf_dir)
+        merge_adapter(plan.source_dir, plan.hf_dir, profile.dtype)
+    for command in plan.commands:
+        logger.info("running %s", shlex.join(command))
+        try:
+            subprocess.run(command, check=True)
+        except subprocess.CalledProcessError as exc:
+            raise EngineBuildError(f"{command[0]} failed with exit code {exc.returncode}") from exc
+
+
+def _print_plan(plan: BuildPlan, profile: BuildProfile) -> None:
+    print(f"# profile {profile.name}: {profile.gpu}, sm{profile.sm}, {profile.dtype}")
+    if plan.is_adapter:
+        print(
+            f"# merge LoRA adapter {plan.source_dir} into its base -> {plan.hf_dir} "
+            "(padellm_ner.models.load_model(merge_adapter=True) + save_pretrained)"
+        )
+    for command in plan.commands:
+        print(shlex.join(command))
+    if profile.fp8_note:
+        print(f"# fp8 (optional): {profile.fp8_note}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default", help="name, HF folder or LoRA adapter")
+    parser.add_argument("--profile", choices=sorted(PROFILES), required=True)
+    parser.add_argument("--out", type=Path, required=True, help="output root")
+    parser.add_argument(
+        "--trtllm-examples",
+        type=Path,
+        default=Path(_DEFAULT_EXAMPLES),
+        help="examples/ of a TensorRT-LLM checkout ($TRTLLM_EXAMPLES)",
+    )
+    parser.add_argument("--python", default="python", help="interpreter with tensorrt_llm")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    profile = get_profile(args.profile)
+    try:
+        plan = plan_build(args.model, profile, args.out, args.trtllm_examples, args.python)
+        if args.dry_run:
+            _print_plan(plan, profile)
+            return 0
+        _run(plan, profile)
+    except (EngineBuildError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"engine written to {plan.engine_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

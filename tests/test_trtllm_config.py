@@ -1,0 +1,249 @@
+"""The TensorRT-LLM deployment, as far as it can be checked without a GPU.
+
+TensorRT-LLM itself cannot run here (no GPU, no NVIDIA package index): these tests check
+the ``tensorrt_llm`` config template (fills completely from a build profile, parses as a
+Triton ``ModelConfig``), the contract between it and the Python ``llm`` model (same input
+and output tensors, so the orchestrator can call either), the build profiles' numbers
+and the exact ``convert_checkpoint.py`` / ``trtllm-build`` command lines of
+``engine_build --dry-run``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from padellm_build.assemble import assemble_repository
+from padellm_build.fill_template import fill, placeholders
+from padellm_build.make_perf_input import perf_input, pick_sentences
+from padellm_build.trtllm import PROFILES, get_profile
+from padellm_build.trtllm.engine_build import EngineBuildError, main
+from padellm_build.trtllm.profiles import MAX_MENTION_TOKENS, MAX_PROMPT_SUFFIX_TOKENS
+from tritonclient.grpc import model_config_pb2
+
+from padellm_ner.plan import PlanConfig
+from padellm_ner.types import Entity, Example
+
+REPO = Path(__file__).resolve().parent.parent
+TRT_TEMPLATE = REPO / "model_repository" / "tensorrt_llm" / "config.pbtxt"
+LLM_TEMPLATE = REPO / "model_repository" / "llm" / "config.pbtxt"
+# The llm contract of docs/CONTRACTS.md: name -> (data type, dims, optional).
+CONTRACT_INPUTS = {
+    "input_ids": ("TYPE_INT32", [-1], False),
+    "input_lengths": ("TYPE_INT32", [1], False),
+    "request_output_len": ("TYPE_INT32", [1], False),
+    "end_id": ("TYPE_INT32", [1], True),
+    "pad_id": ("TYPE_INT32", [1], True),
+    "streaming": ("TYPE_BOOL", [1], True),
+    "return_log_probs": ("TYPE_BOOL", [1], True),
+    "stop": ("TYPE_BOOL", [1], True),
+    "stop_words_list": ("TYPE_INT32", [2, -1], True),
+}
+CONTRACT_OUTPUTS = {
+    "output_ids": ("TYPE_INT32", [-1, -1]),
+    "sequence_length": ("TYPE_INT32", [-1]),
+    "cum_log_probs": ("TYPE_FP32", [-1]),
+    "output_log_probs": ("TYPE_FP32", [-1, -1]),
+}
+
+
+def _parse(text: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def _trt_config(profile: str = "h100") -> model_config_pb2.ModelConfig:
+    values = get_profile(profile).template_values(f"/engines/{profile}")
+    return _parse(fill(TRT_TEMPLATE.read_text(), values))
+
+
+def _tensors(tensors) -> dict[str, tuple[str, list[int], bool]]:
+    """name -> (data type, dims, optional); outputs have no ``optional`` field (False)."""
+    return {
+        t.name: (
+            model_config_pb2.DataType.Name(t.data_type),
+            list(t.dims),
+            bool(getattr(t, "optional", False)),
+        )
+        for t in tensors
+    }
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_template_fills_completely_and_parses(profile: str) -> None:
+    text = fill(TRT_TEMPLATE.read_text(), get_profile(profile).template_values("/engines/x"))
+    assert not placeholders(text), "leftover ${...}"
+    config = _parse(text)
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    assert config.name == "tensorrt_llm"
+    assert config.backend == "tensorrtllm"
+    assert config.max_batch_size == get_profile(profile).max_batch_size
+    assert config.model_transaction_policy.decoupled
+    assert config.dynamic_batching.max_queue_delay_microseconds > 0
+    assert [(g.count, g.kind) for g in config.instance_group] == [
+        (1, model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    ]
+    assert params["gpt_model_type"] == "inflight_fused_batching"
+    assert params["gpt_model_path"] == "/engines/x"
+    assert params["batch_scheduler_policy"] in {"guaranteed_no_evict", "max_utilization"}
+    assert 0.0 < float(params["kv_cache_free_gpu_mem_fraction"]) < 1.0
+    for key in ("enable_kv_cache_reuse", "enable_chunked_context", "exclude_input_in_output"):
+        assert params[key] == "true", key
+    assert int(params["cancellation_check_period_ms"]) > 0
+    # NOTE: optional and unset here: its parameters block is dropped (backend default).
+    assert "max_tokens_in_paged_kv_cache" not in params
+
+
+def test_template_follows_nvidia_tensor_conventions() -> None:
+    config = _trt_config()
+    inputs = {t.name: t for t in config.input}
+    assert inputs["input_ids"].allow_ragged_batch
+    for t in config.input:
+        if list(t.dims) == [1]:
+            assert list(t.reshape.shape) == [], f"{t.name}: NVIDIA reshapes [1] to []"
+    for name in ("stop_words_list", "bad_words_list"):
+        assert list(inputs[name].dims) == [2, -1] and inputs[name].allow_ragged_batch
+    assert _tensors(config.output) == {
+        name: (dtype, dims, False) for name, (dtype, dims) in CONTRACT_OUTPUTS.items()
+    }
+    for name, spec in CONTRACT_INPUTS.items():
+        assert _tensors(config.input)[name] == spec, name
+
+
+def test_llm_model_declares_the_same_contract() -> None:
+    """The contract test: the Python ``llm`` model and ``tensorrt_llm`` are interchangeable.
+
+    Same names, data types, dims and optional flags for the contract tensors. Only the
+    batch dimension differs (``llm`` has ``max_batch_size: 0``); the orchestrator adds it
+    for ``tensorrt_llm`` through its ``llm_batch_dim`` parameter.
+    """
+    if not LLM_TEMPLATE.exists():
+        pytest.fail(f"{LLM_TEMPLATE} is missing")
+    llm_text = LLM_TEMPLATE.read_text()
+    llm = _parse(fill(llm_text, dict.fromkeys(placeholders(llm_text), "x")))
+    trt = _trt_config()
+    llm_inputs, trt_inputs = _tensors(llm.input), _tensors(trt.input)
+    assert llm_inputs == {name: trt_inputs[name] for name in llm_inputs}
+    assert set(llm_inputs) == set(CONTRACT_INPUTS)
+    required = {name for name, (_, _, optional) in trt_inputs.items() if not optional}
+    assert required <= set(llm_inputs), "every required tensorrt_llm input is in the contract"
+    assert _tensors(llm.output) == _tensors(trt.output)
+    assert llm.model_transaction_policy.decoupled == trt.model_transaction_policy.decoupled
+
+
+def test_assembled_tensorrtllm_repository_sets_the_batch_dimension(
+    hf_dir: Path, tmp_path: Path
+) -> None:
+    out = assemble_repository(
+        tmp_path / "repo", str(hf_dir), llm_backend="tensorrtllm",
+        engine_dir="/engines/h100", max_batch_size=256,
+    )  # fmt: skip
+    trt = _parse((out / "tensorrt_llm" / "config.pbtxt").read_text())
+    assert trt.parameters["gpt_model_path"].string_value == "/engines/h100"
+    assert (out / "tensorrt_llm" / "1").is_dir()
+    padellm = _parse((out / "padellm" / "config.pbtxt").read_text())
+    assert padellm.parameters["llm_model_name"].string_value == "tensorrt_llm"
+    assert padellm.parameters["llm_batch_dim"].string_value == "true"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_profile_numbers_are_consistent(profile: str) -> None:
+    p = get_profile(profile)
+    plan = PlanConfig()
+    assert p.dtype == "bfloat16"
+    assert p.max_output_len >= MAX_PROMPT_SUFFIX_TOKENS + MAX_MENTION_TOKENS
+    assert plan.max_mention_tokens + 1 <= MAX_MENTION_TOKENS
+    assert p.max_seq_len >= p.max_input_len + plan.max_mention_tokens
+    # NOTE: one sentence's whole fan-out (4 CoNLL labels x max_mentions) fits the batch.
+    assert p.max_batch_size >= 4 * (1 + plan.max_mentions)
+    # a full batch of prompts and every single longest prompt fit one iteration
+    assert p.max_input_len <= p.max_num_tokens
+    assert p.max_num_tokens >= p.max_batch_size * 32
+    assert p.max_num_tokens <= p.max_batch_size * p.max_seq_len
+
+
+def test_profiles_match_their_cards() -> None:
+    assert (PROFILES["a100"].sm, PROFILES["h100"].sm) == (80, 90)
+    assert PROFILES["a100"].fp8_note == ""  # NOTE: sm80 has no FP8
+    assert "fp8" in PROFILES["h100"].fp8_note
+    with pytest.raises(KeyError, match="known: a100, h100"):
+        get_profile("v100")
+
+
+@pytest.fixture
+def hf_dir(tmp_path: Path) -> Path:
+    model = tmp_path / "hf"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("profile", "sizes"),
+    [
+        (
+            "a100",
+            "--max_batch_size 256 --max_input_len 512 --max_seq_len 576 --max_num_tokens 8192",
+        ),
+        (
+            "h100",
+            "--max_batch_size 256 --max_input_len 512 --max_seq_len 576 --max_num_tokens 16384",
+        ),
+    ],
+)
+def test_dry_run_prints_the_build_commands(
+    profile: str, sizes: str, hf_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    argv = ["--model", str(hf_dir), "--profile", profile, "--out", str(out), "--dry-run",
+            "--trtllm-examples", "/opt/TensorRT-LLM/examples"]  # fmt: skip
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert lines == [
+        f"python /opt/TensorRT-LLM/examples/models/core/llama/convert_checkpoint.py "
+        f"--model_dir {hf_dir} --output_dir {out}/checkpoint --dtype bfloat16 --tp_size 1",
+        f"trtllm-build --checkpoint_dir {out}/checkpoint --output_dir {out}/engine "
+        "--gemm_plugin auto --gpt_attention_plugin auto --remove_input_padding enable "
+        "--kv_cache_type paged --context_fmha enable --use_paged_context_fmha enable " + sizes,
+    ]
+    assert "--gather_generation_logits" not in " ".join(lines)
+
+
+def test_dry_run_merges_an_adapter_first(
+    hf_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(hf_dir), "peft_type": "LORA"})
+    )
+    out = tmp_path / "out"
+    assert main(["--model", str(adapter), "--profile", "h100", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("# merge LoRA adapter") for line in printed)
+    convert = shlex.split(next(line for line in printed if "convert_checkpoint.py" in line))
+    assert convert[convert.index("--model_dir") + 1] == str(out / "hf")
+
+
+def test_build_without_trtllm_is_a_clear_error(
+    hf_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # NOTE: no trtllm-build anywhere
+    assert main(["--model", str(hf_dir), "--profile", "a100", "--out", str(tmp_path / "o")]) == 2
+    assert "trtllm-build is not on PATH" in capsys.readouterr().err
+    assert issubclass(EngineBuildError, RuntimeError)
+
+
+def test_perf_input_layout() -> None:
+    examples = [
+        Example(f"Sentence number {i} about Japan and Syria .", [Entity("LOC", "Japan", 26, 31)])
+        for i in range(50)
+    ] + [Example(text="No entity in this sentence at all .", entities=[])]
+    texts = pick_sentences(examples, 20)
+    assert len(texts) == 20 and len(set(texts)) == 20
+    assert perf_input(texts[:2]) == {"data": [{"TEXT": [texts[0]]}, {"TEXT": [texts[1]]}]}
