@@ -1,0 +1,152 @@
+"""The engine core: ``step()`` = schedule -> execute -> update, as in vLLM's EngineCore."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from padellm_ner.engine.request import Request
+from padellm_ner.engine.runner import EngineStats, ModelRunner
+from padellm_ner.engine.scheduler import FcfsScheduler, SchedulerInterface
+from padellm_ner.llm import GenerationRequest
+
+__all__ = ["StepOutput", "EngineCore", "pick_device", "pick_dtype"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One request's news from one step: a token, and whether it finished.
+
+    ``token_id`` is None for a request aborted before it produced a token this step.
+    """
+
+    req_id: str
+    token_id: int | None
+    log_prob: float
+    finished: bool
+    finish_reason: str | None = None
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    return dtype
+
+
+class EngineCore:
+    """Greedy decoding with in-flight batching over a Hugging Face causal LM.
+
+    Not thread-safe: one thread calls ``add_request``/``abort_request``/``step``
+    (``EngineLoop`` does this for servers).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        max_batch_size: int = 64,
+        pad_id: int = 0,
+        max_model_len: int | None = None,
+        scheduler: SchedulerInterface | None = None,
+    ) -> None:
+        self.runner = ModelRunner(model, pad_id=pad_id)
+        self.scheduler = scheduler or FcfsScheduler(max_batch_size)
+        self.max_model_len = max_model_len or getattr(
+            model.config, "max_position_embeddings", None
+        )
+        self._requests: dict[str, Request] = {}
+        self.loaded: Any = None  # the LoadedModel when built by from_pretrained
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str = "default",
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 64,
+    ) -> EngineCore:
+        from padellm_ner.models import load_model
+
+        device = pick_device(device)
+        loaded = load_model(name_or_path, device=device, dtype=pick_dtype(dtype, device))
+        pad = loaded.tokenizer.pad_token_id
+        core = cls(loaded.model, max_batch_size, pad_id=loaded.end_id if pad is None else pad)
+        core.loaded = loaded
+        return core
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.runner.stats
+
+    def add_request(self, req_id: str, request: GenerationRequest) -> None:
+        """Queue a request; raises ValueError for a duplicate id or an impossible length."""
+        if req_id in self._requests:
+            raise ValueError(f"request id {req_id!r} is already in the engine")
+        req = Request.from_generation_request(req_id, request)
+        total = len(req.prompt_ids) + req.max_new_tokens
+        if self.max_model_len and total > self.max_model_len:
+            raise ValueError(
+                f"request {req_id!r}: prompt ({len(req.prompt_ids)}) + max_new_tokens "
+                f"({req.max_new_tokens}) exceeds the model's {self.max_model_len} positions"
+            )
+        self._requests[req_id] = req
+        self.scheduler.add_request(req)
+
+    def abort_request(self, req_id: str) -> StepOutput | None:
+        req = self.scheduler.abort_request(req_id)
+        if req is None:
+            return None
+        self._requests.pop(req_id, None)
+        return StepOutput(req_id, None, 0.0, True, "aborted")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[StepOutput]:
+        """Schedule, run the forwards, retire finished requests; one output per request."""
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        self.runner.execute(sched)
+        self.scheduler.update_from_output(sched)
+        outputs = []
+        for req in [*sched.decode_reqs, *sched.new_reqs]:
+            finished = req.status.is_finished
+            outputs.append(
+                StepOutput(
+                    req.req_id,
+                    req.output_ids[-1],
+                    req.log_probs[-1],
+                    finished,
+                    req.status.finish_reason if finished else None,
+                )
+            )
+            if finished:
+                self._requests.pop(req.req_id, None)
+        return outputs
+
+    def request(self, req_id: str) -> Request | None:
+        return self._requests.get(req_id)
+
+    def fail_all(self) -> list[str]:
+        """Abort everything (after a runner error); returns the affected request ids."""
+        ids = list(self._requests)
+        for req_id in ids:
+            self.scheduler.abort_request(req_id)
+        self._requests.clear()
+        # NOTE: the runner's batch may be half-updated after an exception; start clean.
+        self.runner._reset()
+        self.scheduler.schedule()  # flush finished ids of the aborted rows
+        return ids
+
+

@@ -1,0 +1,110 @@
+"""The torch engine on the real SmolLM2 base: batching must not change greedy results."""
+
+from __future__ import annotations
+
+import torch
+
+from padellm_ner.engine import EngineCore, TorchLLM
+from padellm_ner.llm import GenerationRequest
+from padellm_ner.prompts.padellm import ENGLISH
+from tests.model_cache import smollm2_codec, smollm2_core
+
+SENTENCES = [
+    "EU rejects German call to boycott British lamb .",
+    "Japan, co-hosts of the World Cup in 2002 with Korea and ranked 20th in the world by FIFA, "
+    "are favourites to regain their title here.",
+    "Peter Blackburn",
+    "BRUSSELS 1996-08-22",
+]
+LABELS = ["LOC", "PER", "ORG", "MISC"]
+
+
+def _requests(max_new_tokens: int = 10) -> list[GenerationRequest]:
+    codec = smollm2_codec()
+    reqs = []
+    for i, text in enumerate(SENTENCES):
+        for label in LABELS:
+            prompt = codec.encode(ENGLISH.count_prompt(text, label))
+            # NOTE: vary the prompt tails and limits so rows finish at different steps
+            prompt += codec.encode(ENGLISH.mention_prefix(1 + i % 2, 1)) if i % 2 else []
+            reqs.append(
+                GenerationRequest(tuple(prompt), max_new_tokens + i, (codec.end_id, 198))
+            )
+    return reqs
+
+
+def _fresh_core(max_batch_size: int = 64) -> EngineCore:
+    shared = smollm2_core()
+    core = EngineCore(shared.runner.model, max_batch_size, pad_id=smollm2_codec().end_id)
+    core.loaded = shared.loaded
+    return core
+
+
+def test_batched_equals_one_at_a_time_and_hf_generate() -> None:
+    reqs = _requests()
+    batched = TorchLLM(_fresh_core()).generate(reqs)
+    solo_llm = TorchLLM(_fresh_core())
+    model = smollm2_core().runner.model
+    for req, got in zip(reqs, batched):
+        solo = solo_llm.generate([req])[0]
+        assert got.token_ids == solo.token_ids
+        assert got.finish_reason == solo.finish_reason
+        assert torch.allclose(torch.tensor(got.log_probs), torch.tensor(solo.log_probs), atol=1e-4)
+        ref = model.generate(
+            torch.tensor([req.prompt_ids]),
+            max_new_tokens=req.max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(req.stop_ids),
+            pad_token_id=smollm2_codec().end_id,
+        )[0, len(req.prompt_ids) :].tolist()
+        assert got.token_ids == ref
+
+
+def test_finished_rows_stop_consuming_steps() -> None:
+    core = _fresh_core()
+    results = TorchLLM(core).generate(_requests())
+    lengths = [len(r.token_ids) for r in results]
+    assert len(set(lengths)) > 1, "the test needs rows that finish at different steps"
+    stats = core.stats
+    # every row-step of every forward produced a token somebody kept: no wasted rows
+    assert stats.num_tokens_decoded + stats.num_tokens_prefilled == sum(lengths)
+    assert stats.num_decode_steps == max(lengths) - 1
+    assert stats.num_prefill_forwards == 1
+
+
+def test_requests_join_a_running_batch() -> None:
+    # NOTE: no stop ids, so the first rows are still decoding when the others arrive
+    reqs = [GenerationRequest(r.prompt_ids, 8, ()) for r in _requests()]
+    expected = TorchLLM(_fresh_core()).generate(reqs[:4] + reqs[-4:])
+    core = _fresh_core()
+    for i, req in enumerate(reqs[:4]):
+        core.add_request(f"a{i}", req)
+    outputs = core.step() + core.step() + core.step()  # the first four are decoding
+    for i, req in enumerate(reqs[-4:]):
+        core.add_request(f"b{i}", req)  # longer prompts join mid-flight
+    while core.has_unfinished():
+        outputs += core.step()
+    got: dict[str, list[int]] = {}
+    for out in outputs:
+        got.setdefault(out.req_id, []).append(out.token_id)
+    ids = [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)]
+    assert [got[i] for i in ids] == [r.token_ids for r in expected]
+    assert core.stats.num_prefill_forwards == 2
+    assert core.stats.max_batch_size == 8
+
+
+def test_max_batch_size_queues_the_rest_and_abort_frees_a_row() -> None:
+    reqs = _requests(max_new_tokens=6)[:5]
+    core = _fresh_core(max_batch_size=2)
+    for i, req in enumerate(reqs):
+        core.add_request(str(i), req)
+    first = core.step()
+    assert {o.req_id for o in first} == {"0", "1"}
+    assert core.abort_request("0").finish_reason == "aborted"
+    assert core.abort_request("0") is None
+    seen: dict[str, int] = {}
+    while core.has_unfinished():
+        for out in core.step():
+            seen[out.req_id] = seen.get(out.req_id, 0) + 1
+            assert core.runner.num_rows <= 2
+    assert "0" not in seen and set(seen) == {"1", "2", "3", "4"}
