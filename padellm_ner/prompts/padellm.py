@@ -60,7 +60,7 @@ class PromptTemplate:
 
         Returns ``(0, 0, "")`` for a zero-count target and ``None`` when unparsable.
         """
-        count = parse_count(target).count
+        count = parse_count(target, max_count=10**9).count
         if count == 0:
             return (0, 0, "")
         marker = re.escape(self.mention_marker).replace(r"\{k\}", r"(\d+)")

@@ -1,0 +1,171 @@
+"""``padellm-ner extract``: one text, a JSONL file (resumable), in-process or via a server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from argparse import Namespace
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from padellm_ner.errors import InvalidInputError, PadellmError
+from padellm_ner.types import Entity
+
+__all__ = ["run_extract", "render_table", "process_jsonl"]
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED_NOTE = (
+    "note: this model is the UNTRAINED SmolLM2-135M base (no trained adapter is embedded "
+    "or given with --model); its entities are not meaningful."
+)
+
+ExtractFn = Callable[[str, Sequence[str] | None], list[Entity]]
+
+
+def render_table(text: str, entities: Sequence[Entity]) -> str:
+    """A plain table: label, text, offsets, score."""
+    lines = [f"text: {text}", f"{'label':<10} {'start':>5} {'end':>5} {'score':>6}  text"]
+    for e in entities:
+        start = "-" if e.start is None else str(e.start)
+        end = "-" if e.end is None else str(e.end)
+        lines.append(f"{e.label:<10} {start:>5} {end:>5} {e.score:>6.3f}  {e.text}")
+    if not entities:
+        lines.append("(no entities)")
+    return "\n".join(lines)
+
+
+def _local_extractor(args: Namespace) -> tuple[ExtractFn, bool]:
+    from padellm_ner.extraction import Extractor
+    from padellm_ner.plan import Dedup, PlanConfig
+
+    config = PlanConfig(max_mentions=args.max_mentions, dedup=Dedup(args.dedup))
+    extractor = Extractor.from_pretrained(
+        args.model, args.device, args.dtype, args.max_batch_size, plan_config=config
+    )
+
+    def extract(text: str, labels: Sequence[str] | None) -> list[Entity]:
+        return extractor.extract(text, labels, lang=args.lang).entities
+
+    return extract, extractor.info.trained
+
+
+def _server_extractor(args: Namespace) -> tuple[ExtractFn, Callable[[], None]]:
+    import padellm_client
+
+    client = padellm_client.NERClient(args.server, timeout=args.timeout)
+
+    def extract(text: str, labels: Sequence[str] | None) -> list[Entity]:
+        try:
+            found = client.extract(
+                text,
+                labels=list(labels) if labels else None,
+                max_mentions=args.max_mentions,
+                dedup=args.dedup,
+            )
+        except padellm_client.InvalidArgumentError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        except padellm_client.PadellmError as exc:
+            raise PadellmError(f"server {args.server}: {exc}") from exc
+        return [Entity(e.label, e.text, e.start, e.end, e.score) for e in found]
+
+    return extract, client.close
+
+
+def _read_done(output: Path) -> int:
+    """How many output lines are complete (a torn last line is dropped and redone)."""
+    if not output.exists():
+        return 0
+    raw = output.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        cut = raw.rfind(b"\n") + 1
+        output.write_bytes(raw[:cut])
+        raw = raw[:cut]
+    return raw.count(b"\n")
+
+
+def process_jsonl(
+    input_path: Path,
+    output_path: Path,
+    extract: ExtractFn,
+    default_labels: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Extract every line of ``input_path`` into ``output_path``; returns (done now, errors).
+
+    Every input line gets exactly one output line, in order: ``{"id", "text", "entities"}``
+    or ``{"id", "error"}`` for a line that is not usable. A rerun skips lines already
+    written, so an interrupted job loses at most the line in progress.
+    """
+    from tqdm import tqdm
+
+    try:
+        lines = input_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read --input {input_path}: {exc}") from exc
+    done = _read_done(output_path)
+    if done > len(lines):
+        raise InvalidInputError(
+            f"{output_path} has {done} lines but {input_path} only {len(lines)}; "
+            "is --output from another input?"
+        )
+    errors = 0
+    todo = list(enumerate(lines))[done:]
+    with output_path.open("a", encoding="utf-8") as out:
+        for number, line in tqdm(todo, desc="extract", unit="line", disable=not progress):
+            record = _process_line(number, line, extract, default_labels)
+            errors += "error" in record
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+    return len(todo), errors
+
+
+def _process_line(
+    number: int, line: str, extract: ExtractFn, default_labels: Sequence[str] | None
+) -> dict[str, Any]:
+    record_id: Any = number
+    try:
+        item = json.loads(line) if line.strip() else None
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise InvalidInputError('each line must be a JSON object with a "text" string')
+        record_id = item.get("id", number)
+        labels = item.get("labels") or default_labels
+        entities = extract(item["text"], labels)
+        return {"id": record_id, "text": item["text"], "entities": [e.to_dict() for e in entities]}
+    except json.JSONDecodeError as exc:
+        return {"id": record_id, "error": f"line {number + 1}: invalid JSON: {exc}"}
+    except InvalidInputError as exc:
+        return {"id": record_id, "error": f"line {number + 1}: {exc}"}
+
+
+def run_extract(args: Namespace) -> int:
+    if (args.text is None) == (args.input is None):
+        raise InvalidInputError('give either a TEXT argument or --input FILE.jsonl')
+    if args.input and not args.output:
+        raise InvalidInputError("--input needs --output (the results file; reruns resume it)")
+    if args.server:
+        extract, close = _server_extractor(args)
+    else:
+        extract, trained = _local_extractor(args)
+        close = lambda: None  # noqa: E731
+        if not trained:
+            print(UNTRAINED_NOTE, file=sys.stderr)
+    try:
+        if args.input:
+            count, errors = process_jsonl(
+                Path(args.input), Path(args.output), extract, args.labels
+            )
+            print(f"wrote {count} lines to {args.output} ({errors} with errors)", file=sys.stderr)
+            return 1 if errors else 0
+        entities = extract(args.text, args.labels)
+        if args.json:
+            print(json.dumps([e.to_dict() for e in entities], ensure_ascii=False))
+        else:
+            print(render_table(args.text, entities))
+        return 0
+    finally:
+        close()

@@ -1,0 +1,197 @@
+"""``Extractor``: one model + one method, text in, entities out (in-process).
+
+PaDeLLM runs the shared plan (``plan.py``); the baselines (AutoReg_Aug, AutoReg_Struct,
+OneStep) decode their prompts with the same engine and parse with their format. The
+model folder's ``padellm.json`` (written by ``train``) says which method and labels it
+was trained for; extract, evaluate and bench all go through this class.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from padellm_ner.codec import PromptCodec
+from padellm_ner.engine import TorchLLM
+from padellm_ner.errors import InvalidInputError
+from padellm_ner.grounding import ground_mentions
+from padellm_ner.llm import LLM, GenerationRequest
+from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, run_plan
+from padellm_ner.prompts import get_format
+from padellm_ner.types import Entity
+
+__all__ = ["ModelInfo", "ExtractionOutput", "Extractor", "read_model_info", "detect_lang"]
+
+logger = logging.getLogger(__name__)
+
+#: Labels asked for when neither the caller nor the model says (CoNLL-2003's).
+FALLBACK_LABELS = ("LOC", "PER", "ORG", "MISC")
+
+
+@dataclass
+class ModelInfo:
+    """What a trained model folder records about itself (``padellm.json``)."""
+
+    format: str = "padellm"
+    tags: list[str] = field(default_factory=lambda: list(FALLBACK_LABELS))
+    label_words: dict[str, str] = field(default_factory=dict)
+    lang: str = "en"
+    trained: bool = False
+
+
+def read_model_info(path: Path | None) -> ModelInfo:
+    """``padellm.json`` of a model folder, or defaults for an untrained base."""
+    meta = path / "padellm.json" if path else None
+    if meta is None or not meta.exists():
+        return ModelInfo()
+    data = json.loads(meta.read_text())
+    tags = list(data.get("tags") or data.get("labels") or FALLBACK_LABELS)
+    words = list(data.get("labels") or tags)
+    return ModelInfo(
+        format=data.get("format", "padellm"),
+        tags=tags,
+        label_words=dict(zip(tags, words)),
+        lang=data.get("lang", "en"),
+        trained=True,
+    )
+
+
+def detect_lang(text: str) -> str:
+    """``zh`` when the text is mostly CJK characters, else ``en``."""
+    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
+    return "zh" if cjk * 2 >= max(1, len(text.strip())) else "en"
+
+
+@dataclass
+class ExtractionOutput:
+    """Entities of one text plus what decoding them cost."""
+
+    entities: list[Entity]
+    num_sequences: int
+    num_generated_tokens: int
+    critical_path_steps: int  # slowest branch (PaDeLLM Multi) or the one sequence (AR)
+    critical_path_steps_batch: int  # phase-synchronised (PaDeLLM Batch)
+
+
+class Extractor:
+    """Extract entities with one model and one method."""
+
+    def __init__(
+        self,
+        llm: LLM,
+        codec: PromptCodec,
+        info: ModelInfo | None = None,
+        method: str | None = None,
+        plan_config: PlanConfig | None = None,
+        max_new_tokens: int = 160,
+    ) -> None:
+        self.llm = llm
+        self.codec = codec
+        self.info = info or ModelInfo()
+        self.method = method or self.info.format
+        self.plan_config = plan_config or PlanConfig()
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "default",
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_size: int = 64,
+        method: str | None = None,
+        plan_config: PlanConfig | None = None,
+    ) -> Extractor:
+        llm = TorchLLM.from_pretrained(
+            model, device=device, dtype=dtype, max_batch_size=max_batch_size
+        )
+        loaded = llm.core.loaded
+        info = read_model_info(loaded.path)
+        codec = PromptCodec(loaded.tokenizer, loaded.end_id)
+        return cls(llm, codec, info, method=method, plan_config=plan_config)
+
+    @property
+    def default_labels(self) -> list[str]:
+        return list(self.info.tags)
+
+    def _words(self, labels: Sequence[str]) -> dict[str, str]:
+        return {tag: self.info.label_words.get(tag, tag) for tag in labels}
+
+    def extract(
+        self, text: str, labels: Sequence[str] | None = None, lang: str | None = None
+    ) -> ExtractionOutput:
+        """Entities of ``text`` for ``labels`` (tags; default: the model's)."""
+        if not text or not text.strip():
+            raise InvalidInputError("text is empty; pass the sentence to analyse")
+        if "\x00" in text:
+            raise InvalidInputError("text contains a NUL byte; remove it")
+        labels = list(labels) if labels is not None else self.default_labels
+        if not labels:
+            raise InvalidInputError("labels is empty; name at least one entity type")
+        lang = lang or (self.info.lang if self.info.trained else detect_lang(text))
+        if self.method == "padellm":
+            return self._padellm(text, labels, lang)
+        return self._baseline(text, labels, lang)
+
+    def _padellm(self, text: str, labels: list[str], lang: str) -> ExtractionOutput:
+        words = self._words(labels)
+        tag_of = {word: tag for tag, word in words.items()}
+        plan = PaDeLLMPlan(text, list(words.values()), self.codec, self.plan_config, lang)
+        entities = [
+            Entity(tag_of.get(e.label, e.label), e.text, e.start, e.end, e.score)
+            for e in run_plan(plan, self.llm)
+        ]
+        return _output(entities, plan.stats)
+
+    def _baseline(self, text: str, labels: list[str], lang: str) -> ExtractionOutput:
+        from padellm_ner.prompts.base import Completion
+
+        fmt = get_format(self.method, lang, self._words(labels))
+        prompts = fmt.prompts(text, labels)
+        requests = [
+            GenerationRequest(
+                tuple(self.codec.encode(prompt)), self.max_new_tokens, (self.codec.end_id,)
+            )
+            for _label, prompt in prompts
+        ]
+        results = self.llm.generate(requests)
+        completions = [
+            Completion(label, self.codec.decode(self.codec.strip_stop(r.token_ids)))
+            for (label, _prompt), r in zip(prompts, results)
+        ]
+        pairs = fmt.parse(text, completions)
+        score = math.exp(sum(sum(r.log_probs) for r in results))
+        entities: list[Entity] = []
+        for label in dict.fromkeys(tag for tag, _ in pairs):
+            mentions = [m for tag, m in pairs if tag == label]
+            for mention, span in zip(mentions, ground_mentions(text, mentions)):
+                start, end = span if span else (None, None)
+                entities.append(Entity(label, mention, start, end, score))
+        entities.sort(key=lambda e: (e.start is None, e.start or 0, e.end or 0, e.label))
+        steps = [r.num_steps for r in results]
+        return ExtractionOutput(
+            entities=entities,
+            num_sequences=len(results),
+            num_generated_tokens=sum(steps),
+            critical_path_steps=max(steps, default=0),
+            critical_path_steps_batch=max(steps, default=0),
+        )
+
+
+def _output(entities: list[Entity], stats: PlanStats) -> ExtractionOutput:
+    return ExtractionOutput(
+        entities=entities,
+        num_sequences=stats.num_sequences,
+        num_generated_tokens=stats.num_generated_tokens,
+        critical_path_steps=stats.critical_path_steps,
+        critical_path_steps_batch=stats.critical_path_steps_batch,
+    )
+
+
+def entity_dicts(entities: Sequence[Entity]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in entities]
