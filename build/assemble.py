@@ -1,0 +1,162 @@
+"""Assemble a servable model repository from ``model_repository/`` templates.
+
+    python -m padellm_build.assemble --out /tmp/repo --model smollm2-135m --labels LOC PER ORG MISC
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import sysconfig
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from padellm_build.fill_template import fill, placeholders
+
+__all__ = ["TEMPLATE_DIR", "DEFAULT_LABELS", "assemble_repository", "model_labels", "main"]
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_repository"
+DEFAULT_LABELS = ("LOC", "PER", "ORG", "MISC")  # CoNLL-2003
+
+
+def _pbtxt_string(value: str) -> str:
+    """Escape a value for a double-quoted protobuf text string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def model_labels(model: str) -> tuple[list[str] | None, str | None]:
+    """Labels and language recorded with a model (``padellm.json`` in its folder), if any."""
+    path = Path(model)
+    if not path.is_dir():
+        try:
+            from padellm_ner.models import resolve_model_dir
+
+            path = resolve_model_dir(model)
+        except Exception:  # NOTE: a name that needs conversion: no record, no need to convert
+            return None, None
+    record = path / "padellm.json"
+    if not record.is_file():
+        return None, None
+    data = json.loads(record.read_text())
+    return data.get("labels"), data.get("lang")
+
+
+def _copy_model(name: str, out: Path, values: Mapping[str, object], template_dir: Path) -> None:
+    source = template_dir / name
+    if not source.is_dir():
+        raise FileNotFoundError(f"model template {source} not found")
+    target = out / name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    config = target / "config.pbtxt"
+    template = config.read_text()
+    known = placeholders(template)
+    # NOTE: fill only the keys a template has: templates written by others may differ.
+    config.write_text(fill(template, {k: v for k, v in values.items() if k in known}))
+
+
+def assemble_repository(
+    out_dir: str | Path,
+    model: str,
+    labels: Sequence[str] | None = None,
+    llm_backend: str = "python",
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_batch_size: int = 64,
+    max_text_chars: int = 2000,
+    *,
+    lang: str | None = None,
+    max_mentions: int | None = None,
+    max_mention_tokens: int | None = None,
+    max_concurrency: int | None = None,
+    max_llm_inflight: int | None = None,
+    engine_dir: str | None = None,
+    tokenizer_dir: str | None = None,
+    template_dir: str | Path = TEMPLATE_DIR,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out_dir/{padellm,llm|tensorrt_llm}`` with filled configs.
+
+    Args:
+        model: model name or folder (tokenizer for both; weights for the ``python`` LLM).
+        labels: default labels; ``None`` takes the model's recorded labels, else CoNLL's.
+        llm_backend: ``python`` (the torch ``llm`` model) or ``tensorrtllm``.
+        engine_dir: the TensorRT-LLM engine (``gpt_model_path``) for ``tensorrtllm``.
+
+    Returns:
+        The repository folder.
+    """
+    out = Path(out_dir)
+    template_dir = Path(template_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recorded_labels, recorded_lang = model_labels(model)
+    labels = list(labels or recorded_labels or DEFAULT_LABELS)
+    site_packages = sysconfig.get_paths()["purelib"]
+
+    if llm_backend == "python":
+        llm_name, batch_dim = "llm", False
+        _copy_model("llm", out, {
+            "model": model, "device": device, "dtype": dtype, "max_batch_size": max_batch_size,
+            "python_site_packages": site_packages,
+        }, template_dir)
+    elif llm_backend == "tensorrtllm":
+        llm_name, batch_dim = "tensorrt_llm", True
+        _copy_model("tensorrt_llm", out, {
+            "triton_max_batch_size": max_batch_size, "max_batch_size": max_batch_size,
+            "engine_dir": engine_dir, "gpt_model_path": engine_dir,
+            "tokenizer_dir": tokenizer_dir or model, "decoupled_mode": "true",
+            "batching_strategy": "inflight_fused_batching", "gpt_model_type": "inflight_fused_batching",
+        }, template_dir)
+    else:
+        raise ValueError(f"llm_backend must be 'python' or 'tensorrtllm', got {llm_backend!r}")
+
+    _copy_model("padellm", out, {
+        "model": model,
+        "llm_model_name": llm_name,
+        "llm_batch_dim": str(batch_dim).lower(),
+        "labels": _pbtxt_string(json.dumps(labels)),
+        "lang": lang or recorded_lang,
+        "max_text_chars": max_text_chars,
+        "max_mentions": max_mentions,
+        "max_mention_tokens": max_mention_tokens,
+        "max_concurrency": max_concurrency,
+        "max_llm_inflight": max_llm_inflight,
+        "python_site_packages": site_packages,
+    }, template_dir)
+    logger.info("assembled %s (labels %s, llm %s)", out, labels, llm_name)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="repository folder to write")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--labels", nargs="+")
+    parser.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-text-chars", type=int, default=2000)
+    parser.add_argument("--max-mention-tokens", type=int)
+    parser.add_argument("--engine-dir", help="TensorRT-LLM engine folder (tensorrtllm)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    out = assemble_repository(
+        args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
+        args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
+        engine_dir=args.engine_dir, overwrite=args.overwrite,
+    )
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""``AsyncLLM`` over Triton BLS: each ``GenerationRequest`` becomes one request to the
+``llm`` (Python backend) or ``tensorrt_llm`` model, in the tensorrt_llm tensor contract.
+
+The Triton call itself is injected (``Transport``, provided by ``triton_io``), so this
+module is plain Python and tested with a fake transport.
+
+NOTE: ``exec(decoupled=True)`` blocks while it iterates responses. It runs on a dedicated,
+bounded thread pool (never on the event loop, and not asyncio's small default executor,
+see TRITON-NOTES); the pool size bounds this instance's in-flight LLM requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from padellm_ensemble.validation import ErrorCode, UpstreamError
+from padellm_ner.llm import GenerationRequest, GenerationResult
+
+__all__ = [
+    "Transport",
+    "LLM_OUTPUTS",
+    "BLSAsyncLLM",
+    "build_llm_inputs",
+    "build_stop_inputs",
+    "stop_words_tensor",
+    "parse_llm_outputs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: (model_name, inputs, request_id) -> the model's responses as {name: array}; raises
+#: ``UpstreamError`` on an error response.
+Transport = Callable[[str, Mapping[str, np.ndarray], str], Iterable[Mapping[str, np.ndarray]]]
+
+LLM_OUTPUTS = ("output_ids", "sequence_length", "output_log_probs", "cum_log_probs")
+
+
+def stop_words_tensor(stop_ids: Sequence[int]) -> np.ndarray:
+    """Single-token stop words in tensorrt_llm's ``[2, num_words]`` layout.
+
+    Row 0 holds the concatenated word ids, row 1 the cumulative end offsets
+    (padded with -1 where row 0 is longer; never here since every word is one token).
+    """
+    ids = np.asarray(list(stop_ids), dtype=np.int32)  # [num_words]
+    offsets = np.arange(1, len(ids) + 1, dtype=np.int32)  # [num_words]
+    return np.stack([ids, offsets])  # [2, num_words]
+
+
+def _shape(value: np.ndarray, batch_dim: bool) -> np.ndarray:
+    return value[np.newaxis] if batch_dim else value
+
+
+def build_llm_inputs(
+    request: GenerationRequest,
+    end_id: int,
+    *,
+    batch_dim: bool = False,
+    streaming: bool = False,
+) -> dict[str, np.ndarray]:
+    """The tensorrt_llm input tensors of one request.
+
+    Args:
+        end_id: the model's end id; it becomes ``end_id`` when it is one of the request's
+            stop ids, and every other stop id goes to ``stop_words_list``.
+        batch_dim: add a leading batch dimension of 1 (``tensorrt_llm`` has
+            ``max_batch_size > 0``; the Python ``llm`` model has none).
+    """
+    prompt = np.asarray(request.prompt_ids, dtype=np.int32)  # [prompt_len]
+    stops = list(dict.fromkeys(request.stop_ids))
+    end = end_id if end_id in stops else -1
+    words = [s for s in stops if s != end]
+    inputs = {
+        "input_ids": prompt,
+        "input_lengths": np.array([len(prompt)], dtype=np.int32),
+        "request_output_len": np.array([request.max_new_tokens], dtype=np.int32),
+        "end_id": np.array([end], dtype=np.int32),
+        "pad_id": np.array([end_id], dtype=np.int32),
+        "streaming": np.array([streaming], dtype=bool),
+        "return_log_probs": np.array([True], dtype=bool),
+    }
+    if words:
+        inputs["stop_words_list"] = stop_words_tensor(words)
+    return {name: _shape(value, batch_dim) for name, value in inputs.items()}
+
+
+def build_stop_inputs(*, batch_dim: bool = False) -> dict[str, np.ndarray]:
+    """A ``stop=True`` request: sent with the running request's id, it aborts it."""
+    inputs = {
+        "input_ids": np.zeros(1, dtype=np.int32),
+        "input_lengths": np.array([1], dtype=np.int32),
+        "request_output_len": np.array([1], dtype=np.int32),
+        "stop": np.array([True], dtype=bool),
+    }
+    return {name: _shape(value, batch_dim) for name, value in inputs.items()}
+
+
+def parse_llm_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[list[int], list[float]]:
+    """Token ids and log-probs of one response (beam 0), cut at ``sequence_length``.
+
+    Accepts ``output_ids`` shaped ``[beam, len]`` or ``[batch, beam, len]``.
+    """
+    ids = np.asarray(outputs["output_ids"])
+    ids = ids.reshape(-1, ids.shape[-1])[0] if ids.ndim else ids.reshape(-1)  # [len]
+    length = len(ids)
+    if outputs.get("sequence_length") is not None:
+        length = min(length, int(np.asarray(outputs["sequence_length"]).reshape(-1)[0]))
+    log_probs = outputs.get("output_log_probs")
+    if log_probs is None:
+        lp = [0.0] * length
+    else:
+        lp_arr = np.asarray(log_probs, dtype=np.float64)
+        lp_arr = lp_arr.reshape(-1, lp_arr.shape[-1])[0] if lp_arr.ndim else lp_arr.reshape(-1)
+        lp = [float(x) for x in lp_arr[:length]]
+    return [int(x) for x in ids[:length]], lp
+
+
+class BLSAsyncLLM:
+    """``AsyncLLM`` that sends each request to a tensorrt_llm-contract model.
+
+    Args:
+        transport: performs one decoupled BLS call (see ``triton_io.bls_transport``).
+        model_name: ``llm`` or ``tensorrt_llm``.
+        end_id: the model's end id.
+        batch_dim: the target model has a batch dimension (``tensorrt_llm``).
+        max_inflight: threads, hence requests in flight at once from this instance.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        model_name: str,
+        end_id: int,
+        *,
+        batch_dim: bool = False,
+        max_inflight: int = 32,
+    ) -> None:
+        self.transport = transport
+        self.model_name = model_name
+        self.end_id = int(end_id)
+        self.batch_dim = batch_dim
+        self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="padellm-bls")
+        # NOTE: stops get their own threads so they never queue behind the calls they stop.
+        self._stop_pool = ThreadPoolExecutor(4, thread_name_prefix="padellm-bls-stop")
+        self._prefix = uuid.uuid4().hex[:12]
+        self._counter = itertools.count()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        req_id = f"padellm-{self._prefix}-{next(self._counter)}"
+        inputs = build_llm_inputs(request, self.end_id, batch_dim=self.batch_dim)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, self._call, req_id, inputs, request)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with self._lock:
+                self._cancelled.add(req_id)
+            loop.run_in_executor(self._stop_pool, self._stop, req_id)
+            raise
+
+    def _call(
+        self, req_id: str, inputs: Mapping[str, np.ndarray], request: GenerationRequest
+    ) -> GenerationResult:
+        with self._lock:
+            if req_id in self._cancelled:  # NOTE: cancelled while queued: never send it
+                self._cancelled.discard(req_id)
+                return GenerationResult(finish_reason="aborted")
+        token_ids: list[int] = []
+        log_probs: list[float] = []
+        try:
+            for outputs in self.transport(self.model_name, inputs, req_id):
+                if outputs.get("output_ids") is None:
+                    continue  # an empty final response
+                ids, lps = parse_llm_outputs(outputs)
+                token_ids.extend(ids)
+                log_probs.extend(lps)
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise UpstreamError(
+                f"LLM model {self.model_name!r} failed: {exc}", ErrorCode.INTERNAL
+            ) from exc
+        finally:
+            with self._lock:
+                self._cancelled.discard(req_id)
+        if token_ids and token_ids[-1] in request.stop_ids:
+            reason = "stop"
+        elif len(token_ids) >= request.max_new_tokens:
+            reason = "length"
+        else:
+            reason = "aborted"
+        return GenerationResult(token_ids=token_ids, log_probs=log_probs, finish_reason=reason)
+
+    def _stop(self, req_id: str) -> None:
+        try:
+            for _ in self.transport(self.model_name, build_stop_inputs(batch_dim=self.batch_dim), req_id):
+                pass
+        except Exception:  # NOTE: best effort; the request may have finished already
+            logger.debug("stop of %s failed", req_id, exc_info=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._stop_pool.shutdown(wait=False, cancel_futures=True)

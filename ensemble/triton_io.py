@@ -1,0 +1,168 @@
+"""Everything that touches ``triton_python_backend_utils`` (only importable in a stub).
+
+Adapters between Triton objects and the Triton-free logic: input getters, response
+senders, the BLS transport for ``BLSAsyncLLM``, and the ``llm`` model's custom metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from padellm_ensemble.llm_client import LLM_OUTPUTS
+from padellm_ensemble.validation import ErrorCode, PadellmServingError, UpstreamError
+
+__all__ = [
+    "input_getter",
+    "bls_transport",
+    "SenderSink",
+    "llm_send",
+    "error_response",
+    "EngineMetrics",
+    "FINAL",
+]
+
+logger = logging.getLogger(__name__)
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+_CODES = {
+    ErrorCode.INVALID_ARGUMENT: pb_utils.TritonError.INVALID_ARG,
+    ErrorCode.UNAVAILABLE: pb_utils.TritonError.UNAVAILABLE,
+    ErrorCode.INTERNAL: pb_utils.TritonError.INTERNAL,
+}
+
+
+def input_getter(request) -> Callable[[str], np.ndarray | None]:
+    def get(name: str) -> np.ndarray | None:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        return None if tensor is None else tensor.as_numpy()
+
+    return get
+
+
+def error_response(message: str, code: ErrorCode) -> pb_utils.InferenceResponse:
+    """An error response whose message carries the code prefix (gRPC streams drop the code)."""
+    prefix = f"[{code.value}] "
+    text = message if message.startswith(prefix) else prefix + message
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(text, _CODES[code]))
+
+
+def _outputs(outputs: Mapping[str, np.ndarray]) -> list:
+    return [pb_utils.Tensor(name, value) for name, value in outputs.items()]
+
+
+def _upstream_code(message: str) -> ErrorCode:
+    lowered = message.lower()
+    if any(s in lowered for s in ("unavailable", "not ready", "not found", "unknown model")):
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.INTERNAL
+
+
+def bls_transport(
+    model_name: str, inputs: Mapping[str, np.ndarray], request_id: str
+) -> Iterator[Mapping[str, np.ndarray]]:
+    """One decoupled BLS call; yields each response's outputs (blocking: run it in a thread)."""
+    request = pb_utils.InferenceRequest(
+        model_name=model_name,
+        inputs=_outputs(inputs),
+        requested_output_names=list(LLM_OUTPUTS),
+        request_id=request_id,
+    )
+    for response in request.exec(decoupled=True):
+        if response.has_error():
+            message = response.error().message()
+            raise UpstreamError(f"LLM model {model_name!r}: {message}", _upstream_code(message))
+        yield {
+            name: tensor.as_numpy()
+            for name in LLM_OUTPUTS
+            if (tensor := pb_utils.get_output_tensor_by_name(response, name)) is not None
+        }
+
+
+class SenderSink:
+    """``ResponseSink`` over a decoupled model's response sender."""
+
+    def __init__(self, sender) -> None:
+        self.sender = sender
+
+    def send(
+        self,
+        outputs: Mapping[str, np.ndarray] | None,
+        *,
+        error: PadellmServingError | None = None,
+        final: bool = False,
+    ) -> None:
+        flags = FINAL if final else 0
+        if error is not None:
+            self.sender.send(error_response(str(error), error.code), flags=flags)
+        elif outputs is not None:
+            self.sender.send(pb_utils.InferenceResponse(output_tensors=_outputs(outputs)), flags=flags)
+        else:
+            self.sender.send(flags=flags)
+
+    def is_cancelled(self) -> bool:
+        return self.sender.is_cancelled()
+
+
+def llm_send(sender) -> Callable[[Mapping[str, np.ndarray] | None, bool, str | None], None]:
+    """The ``llm`` model's per-request send(outputs, final, error)."""
+
+    def send(outputs: Mapping[str, np.ndarray] | None, final: bool, error: str | None = None) -> None:
+        flags = FINAL if final else 0
+        if error is not None:
+            sender.send(error_response(error, ErrorCode.INTERNAL), flags=flags)
+        elif outputs is None:
+            sender.send(flags=flags)
+        else:
+            sender.send(pb_utils.InferenceResponse(output_tensors=_outputs(outputs)), flags=flags)
+
+    return send
+
+
+class EngineMetrics:
+    """In-flight batching evidence on the metrics port (``padellm_llm_*``).
+
+    Counters mirror ``EngineStats`` (cumulative, pushed as deltas); the gauge is the
+    number of requests currently in the running batch.
+    """
+
+    _COUNTERS = {
+        "num_forwards": ("padellm_llm_forwards_total", "Model forward passes (prefill + decode)"),
+        "num_decode_steps": ("padellm_llm_decode_steps_total", "Decode steps (one forward for all active sequences)"),
+        "num_prefill_forwards": ("padellm_llm_prefill_forwards_total", "Prefill forward passes"),
+        "num_tokens_decoded": ("padellm_llm_tokens_total", "Tokens generated"),
+        "sum_batch_size": ("padellm_llm_batch_size_sum", "Sum over decode steps of the sequences in the step"),
+    }
+
+    def __init__(self, model_name: str) -> None:
+        labels = {"model": model_name}
+        self._families = []
+        self._counters = {}
+        for field_name, (name, description) in self._COUNTERS.items():
+            family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
+            self._families.append(family)
+            self._counters[field_name] = family.Metric(labels=labels)
+        family = pb_utils.MetricFamily(
+            name="padellm_llm_active_requests",
+            description="Requests in the running batch",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self._families.append(family)
+        self._active = family.Metric(labels=labels)
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def update(self, stats, num_active: int) -> None:
+        with self._lock:
+            for field_name, metric in self._counters.items():
+                value = float(getattr(stats, field_name, 0) or 0)
+                delta = value - self._seen.get(field_name, 0.0)
+                if delta > 0:
+                    metric.increment(delta)
+                    self._seen[field_name] = value
+            self._active.set(float(num_active))

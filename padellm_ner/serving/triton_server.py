@@ -1,0 +1,271 @@
+"""Run the ``tritonserver`` shipped inside the ``nvidia-pytriton`` wheel, without Docker.
+
+See shared/docs/TRITON-NOTES.md: the Python-backend stub for the running interpreter is
+copied next to ``libtriton_python.so``, and the interpreter's own ``libpython`` must come
+first on ``LD_LIBRARY_PATH`` (else the stub picks Debian's 3.11.2 and C extensions of the
+venv fail to import).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["TritonServer", "TritonServerError", "TritonInstall", "find_tritonserver", "free_ports"]
+
+logger = logging.getLogger(__name__)
+
+
+class TritonServerError(RuntimeError):
+    """tritonserver is missing, did not become ready, or died."""
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where the bundled server lives."""
+
+    binary: Path
+    backend_dir: Path
+    libs_dir: Path  # site-packages/nvidia_pytriton.libs
+
+
+def find_tritonserver() -> TritonInstall:
+    """Locate tritonserver in the installed ``pytriton`` and make the Python stub usable.
+
+    Raises:
+        TritonServerError: pytriton (or its binary, or a stub for this Python) is missing.
+    """
+    try:
+        import pytriton
+    except ImportError as exc:  # NOTE: the project installs it; missing is an error
+        raise TritonServerError("nvidia-pytriton is not installed: pip install nvidia-pytriton==0.7.0") from exc
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    binary = root / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise TritonServerError(f"tritonserver binary not found at {binary}")
+    backend_dir = root / "backends"
+    stub = backend_dir / "python" / "triton_python_backend_stub"
+    if not stub.exists():
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        source = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not source.is_file():
+            raise TritonServerError(f"no Python-backend stub for Python {version} in {source.parent}")
+        tmp = stub.with_suffix(".tmp")
+        shutil.copy2(source, tmp)
+        os.replace(tmp, stub)  # NOTE: atomic, several servers may start at once
+    libs_dir = Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+    return TritonInstall(binary=binary, backend_dir=backend_dir, libs_dir=libs_dir)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (bound together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def stub_search_dir() -> str:
+    """The working directory tritonserver runs in, so that its Python stubs import from
+    this environment.
+
+    NOTE: the stub embeds the base interpreter with an isolated config: PYTHONPATH is
+    ignored and sys.path is the base install's (whose numpy 2 crashes the 2.51 stub on
+    BYTES tensors, see TRITON-NOTES). Its first sys.path entry is '' (the working
+    directory, inherited from the server), so running the server inside this
+    environment's site-packages makes numpy/torch/transformers resolve from here. The
+    model shims then ``site.addsitedir`` it so .pth files (editable installs) apply too.
+    """
+    return sysconfig.get_paths()["purelib"]
+
+
+def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment tritonserver and its Python stubs need."""
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    parts = [libdir, str(install.libs_dir), env.get("LD_LIBRARY_PATH", "")]
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in parts if p)
+    return env
+
+
+class TritonServer:
+    """A tritonserver child process on 127.0.0.1; a context manager.
+
+    Args:
+        model_repository: the assembled repository.
+        grpc_port, http_port, metrics_port: 0 picks free ports.
+        log_path: server log file (default: a temp file).
+        startup_timeout: seconds to wait for ``/v2/health/ready``.
+        host: address to listen on.
+        extra_args: more tritonserver flags.
+    """
+
+    def __init__(
+        self,
+        model_repository: str | os.PathLike,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        log_path: str | os.PathLike | None = None,
+        startup_timeout: float = 300.0,
+        host: str = "127.0.0.1",
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        ports = free_ports(3)
+        self.grpc_port = grpc_port or ports[0]
+        self.http_port = http_port or ports[1]
+        self.metrics_port = metrics_port or ports[2]
+        self.host = host
+        self.startup_timeout = startup_timeout
+        self.extra_args = list(extra_args or [])
+        self.env = env
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            log_path = name
+        self.log_path = Path(log_path).resolve()
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    # -- addresses -----------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    # -- lifecycle -----------------------------------------------------------------
+    def command(self, install: TritonInstall) -> list[str]:
+        return [
+            str(install.binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={install.backend_dir}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+            "--disable-auto-complete-config",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        """Start the server and wait until it reports ready."""
+        if self._proc is not None:
+            raise TritonServerError("server already started")
+        install = find_tritonserver()
+        cmd = self.command(install)
+        logger.info("starting %s (log: %s)", " ".join(cmd), self.log_path)
+        self._log = open(self.log_path, "ab")
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=server_env(install, self.env),
+            cwd=stub_search_dir(),
+            start_new_session=True,  # NOTE: Ctrl-C goes to us; we stop it cleanly
+        )
+        try:
+            self.wait_ready(self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._proc.poll() if self._proc else None
+            if code is not None:
+                raise TritonServerError(
+                    f"tritonserver exited with status {code} before it was ready; "
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
+            if self.is_ready():
+                return
+            if time.monotonic() > deadline:
+                raise TritonServerError(
+                    f"tritonserver not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+                )
+            time.sleep(0.25)
+
+    def is_ready(self) -> bool:
+        """``GET /v2/health/ready`` answers 200."""
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, num_lines: int = 40) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-num_lines:])
+
+    def wait(self) -> int:
+        """Block until the server exits; its exit status."""
+        if self._proc is None:
+            raise TritonServerError("server not started")
+        return self._proc.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("tritonserver ignored SIGTERM for %.0f s; killing it", timeout)
+                os.killpg(proc.pid, signal.SIGKILL)  # NOTE: its own session: stubs too
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
