@@ -147,6 +147,12 @@ def run_extract(args: Namespace) -> int:
         raise InvalidInputError('give either a TEXT argument or --input FILE.jsonl')
     if args.input and not args.output:
         raise InvalidInputError("--input needs --output (the results file; reruns resume it)")
+    if args.text is not None and not args.text.strip():
+        raise InvalidInputError("the text is empty; pass the sentence to analyse")
+    if args.labels is not None and not [x for x in args.labels if x.strip()]:
+        raise InvalidInputError("--labels is empty; name at least one entity type")
+    if args.input and not Path(args.input).is_file():
+        raise InvalidInputError(f"--input {args.input} does not exist")
     if args.server:
         extract, close = _server_extractor(args)
     else:

@@ -76,6 +76,7 @@ class ExtractionOutput:
     num_generated_tokens: int
     critical_path_steps: int  # slowest branch (PaDeLLM Multi) or the one sequence (AR)
     critical_path_steps_batch: int  # phase-synchronised (PaDeLLM Batch)
+    counts: dict[str, int] | None = None  # PaDeLLM: predicted count per label (tag)
 
 
 class Extractor:
@@ -146,7 +147,9 @@ class Extractor:
             Entity(tag_of.get(e.label, e.label), e.text, e.start, e.end, e.score)
             for e in run_plan(plan, self.llm)
         ]
-        return _output(entities, plan.stats)
+        output = _output(entities, plan.stats)
+        output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
+        return output
 
     def _baseline(self, text: str, labels: list[str], lang: str) -> ExtractionOutput:
         from padellm_ner.prompts.base import Completion

@@ -51,6 +51,9 @@ class ModelRunner:
         # NOTE: transformers 5.2x renamed `past_key_values` to `cache`; accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # NOTE: only the last position's logits are sampled; skipping the LM head on the
+        # rest of the prompt saves most of a prefill's FLOPs with a 49k vocabulary.
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self._row_ids: list[str] = []  # req_id of each batch row, in row order
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [num_rows, cache_len] 1 = real token
@@ -150,6 +153,7 @@ class ModelRunner:
             position_ids=positions,
             use_cache=True,
             **{self._cache_kwarg: cache},
+            **self._last_logits,
         )
         first = self._sample(out.logits[:, -1, :], reqs)
         self.stats.num_forwards += 1

@@ -1,0 +1,97 @@
+"""``padellm-ner extract``: JSONL jobs resume, bad input is a clear error (real SmolLM2 base)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from padellm_ner.extract import process_jsonl
+from padellm_ner.extraction import Extractor
+from padellm_ner.types import Entity
+from tests.model_cache import smollm2_codec, smollm2_core
+
+
+@pytest.fixture(scope="module")
+def extract_fn():
+    from padellm_ner.engine import TorchLLM
+
+    extractor = Extractor(TorchLLM(smollm2_core()), smollm2_codec())
+    calls: list[str] = []
+
+    def extract(text: str, labels) -> list[Entity]:
+        calls.append(text)
+        return extractor.extract(text, labels).entities
+
+    extract.calls = calls
+    return extract
+
+
+def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn) -> None:
+    src = tmp_path / "in.jsonl"
+    lines = [
+        json.dumps({"id": "a", "text": "EU rejects German call to boycott British lamb ."}),
+        "not json",
+        json.dumps({"text": "   "}),
+        json.dumps({"id": 7, "text": "Peter Blackburn", "labels": ["PER"]}),
+        json.dumps("BRUSSELS 1996-08-22"),
+    ]
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    done, errors = process_jsonl(src, out, extract_fn, progress=False)
+    assert (done, errors) == (5, 2)
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 5
+    assert records[0]["id"] == "a" and "entities" in records[0]
+    assert "invalid JSON" in records[1]["error"]
+    assert "text is empty" in records[2]["error"]
+    assert records[3]["id"] == 7
+    # simulate a run killed while writing line 4: three whole lines and a torn fourth
+    first_three = "\n".join(out.read_text().splitlines()[:3]) + "\n" + '{"id": 7, "te'
+    out.write_text(first_three)
+    calls_before = len(extract_fn.calls)
+    done, _ = process_jsonl(src, out, extract_fn, progress=False)
+    assert done == 2  # the torn line is redone, nothing before it
+    assert extract_fn.calls[calls_before:] == ["Peter Blackburn", "BRUSSELS 1996-08-22"]
+    assert [json.loads(x) for x in out.read_text().splitlines()] == records
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "padellm_ner.cli", "extract", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["   "], "text is empty"),
+        ([], "either a TEXT argument or --input"),
+        (["--input", "missing.jsonl", "--output", "o.jsonl"], "does not exist"),
+        (["--input", "x.jsonl"], "--input needs --output"),
+    ],
+)
+def test_cli_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_extract_json_output_has_offsets() -> None:
+    text = "Japan beat Korea in Tokyo ."
+    proc = _cli(text, "--model", "smollm2-135m", "--json", "--labels", "LOC")
+    assert proc.returncode == 0, proc.stderr
+    entities = json.loads(proc.stdout)
+    assert isinstance(entities, list)
+    for e in entities:  # the untrained base may find nothing; what it finds is grounded right
+        assert set(e) == {"label", "text", "start", "end", "score"}
+        if e["start"] is not None:
+            assert text[e["start"] : e["end"]] == e["text"]
+    assert "UNTRAINED" in proc.stderr
