@@ -1,0 +1,241 @@
+"""bench latency / load: end to end on a tiny random Llama, and the pieces on fakes (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from padellm_ner.bench import latency, load, report
+from padellm_ner.cli import main
+from padellm_ner.errors import InvalidInputError
+from padellm_ner.llm import GenerationRequest, GenerationResult
+from padellm_ner.types import Entity, Example
+
+torch.set_num_threads(1)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-64 random LlamaForCausalLM with the real SmolLM2 tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from padellm_ner.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _table_rows(markdown: str) -> list[list[str]]:
+    rows = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_bench_latency_end_to_end(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    models = ",".join(f"{m}={tiny_model}" for m in ("padellm", "ar_struct", "ar_aug", "onestep"))
+    out = tmp_path / "bench"
+    rc = main(
+        [
+            "bench",
+            "latency",
+            "--dataset",
+            "conll2003",
+            "--split",
+            "test",
+            "--limit",
+            "3",
+            "--models",
+            models,
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    md_files = list(out.glob("*.md"))
+    assert len(md_files) == 1
+    md = md_files[0].read_text()
+    for key in ("Machine", "torch", "Commit", "Date", "Command", "Models"):
+        assert f"**{key}**" in md
+    rows = _table_rows(md)
+    assert rows[0] == latency.COLUMNS
+    names = [row[0] for row in rows[2:]]
+    assert names == [
+        "PaDeLLM (Batch)",
+        "PaDeLLM (Multi)",
+        "AutoReg_Struct",
+        "AutoReg_Aug",
+        "OneStep",
+    ]
+    batch = rows[2]
+    assert batch[3] == "1.00x" and batch[9] == "1.00x" and batch[10] == "1.00"
+    for row in rows[2:]:
+        assert float(row[1]) > 0 and float(row[2]) > 0  # mean, median ms
+        assert 0 <= float(row[4]) <= 100 and 0 <= float(row[5]) <= 100  # F1, span F1
+
+    png = md_files[0].with_suffix(".png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).ndim == 3
+
+    raw = json.loads(md_files[0].with_suffix(".json").read_text())
+    assert len(raw["sentences"]) == 3
+    assert set(raw["sentences"][0]["runs"]) == {
+        "padellm",
+        "padellm_multi",
+        "ar_struct",
+        "ar_aug",
+        "onestep",
+    }
+    run = raw["sentences"][0]["runs"]["padellm"]
+    assert run["ms"] > 0 and run["num_sequences"] >= 4 and run["num_forwards"] >= 1
+    assert [s["key"] for s in raw["summary"]][0] == "padellm"
+    assert "PaDeLLM (Batch)" in capsys.readouterr().out
+
+
+class _SleepLLM:
+    """Fake LLM: records batch sizes and returns one token per request."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def generate(self, requests):
+        self.batches.append(len(requests))
+        return [GenerationResult([7], [0.0], "stop") for _ in requests]
+
+
+def test_timing_llm_serial_and_batch() -> None:
+    inner = _SleepLLM()
+    reqs = [GenerationRequest((1, 2), 4), GenerationRequest((1, 3), 4)]
+    batch = latency.TimingLLM(inner)
+    assert len(batch.generate(reqs)) == 2 and inner.batches == [2]
+    assert batch.calls[0][0][0] is None and batch.total_seconds >= 0
+    serial = latency.TimingLLM(inner, serial=True)
+    serial.generate(reqs)
+    assert inner.batches == [2, 1, 1]
+    assert [req for req, _ in serial.calls[0]] == reqs
+
+
+def test_multi_latency_is_slowest_branch() -> None:
+    a, b = GenerationRequest((1, 2, 3), 4), GenerationRequest((1, 2, 4), 4)
+    counts = [(a, 1.0), (b, 2.0)]
+    mentions = [
+        (GenerationRequest((1, 2, 3, 9), 8), 5.0),  # label a: 1 + 5 = 6
+        (GenerationRequest((1, 2, 3, 8), 8), 3.0),
+        (GenerationRequest((1, 2, 4, 9), 8), 3.5),  # label b: 2 + 3.5 = 5.5
+    ]
+    assert latency.multi_latency([counts, mentions]) == pytest.approx(6.0)
+    assert latency.multi_latency([counts]) == pytest.approx(2.0)
+    assert latency.multi_latency([]) == 0.0
+
+
+def test_parse_models() -> None:
+    assert latency.parse_models("padellm=a, ar_aug=b") == {"padellm": "a", "ar_aug": "b"}
+    for bad in ("", "padellm", "gpt=x", "padellm=a,padellm=b", "padellm="):
+        with pytest.raises(InvalidInputError):
+            latency.parse_models(bad)
+
+
+def test_summarize_ratios_and_served_overhead() -> None:
+    gold = [Entity("LOC", "Paris", 0, 5)]
+    examples = [Example("Paris is big .", gold, id="t:0")]
+    result = latency.LatencyResult(
+        examples,
+        {
+            "padellm": [latency.SentenceRun(10.0, gold, 8, 5, 4)],
+            "ar_struct": [latency.SentenceRun(30.0, [], 12, 1, 12)],
+            "padellm_served": [latency.SentenceRun(14.0, gold)],
+        },
+    )
+    rows = {row.key: row for row in latency.summarize(result)}
+    assert rows["padellm"].f1 == pytest.approx(100.0)
+    assert rows["ar_struct"].vs_batch == pytest.approx(3.0)
+    assert rows["ar_struct"].step_bound == pytest.approx(3.0)
+    assert rows["ar_struct"].achieved_of_bound == pytest.approx(1.0)
+    assert rows["padellm"].tokens_per_sequence == pytest.approx(1.6)
+    table = latency.latency_table(list(rows.values()), 1)
+    assert any("overhead" in note and "4.00 ms" in note for note in table.notes)
+    assert table.rows[2][0] == "PaDeLLM (served)" and table.rows[2][6] == "-"
+
+
+def test_run_latency_with_served_callable() -> None:
+    seen: list[str] = []
+
+    def served(text: str) -> list[Entity]:
+        seen.append(text)
+        return []
+
+    examples = [Example("a b ."), Example("c d .")]
+    result = latency.run_latency({}, examples, ["LOC"], "en", served=served, num_warmup=1)
+    assert seen == ["a b .", "a b .", "c d ."]  # warm-up, then one per sentence
+    assert len(result.runs["padellm_served"]) == 2
+
+
+def test_check_loopback_and_concurrency() -> None:
+    for ok in ("127.0.0.1:8001", "localhost:8001", "[::1]:8001", "127.0.0.2:9"):
+        load.check_loopback(ok)
+    for bad in ("10.0.0.1:8001", "example.com:8001", "127.0.0.1"):
+        with pytest.raises(InvalidInputError):
+            load.check_loopback(bad)
+    assert load.parse_concurrency("1,4, 16") == [1, 4, 16]
+    for bad in ("", "0,1", "a"):
+        with pytest.raises(InvalidInputError):
+            load.parse_concurrency(bad)
+
+
+def test_load_levels_with_fake_client(tmp_path: Path) -> None:
+    calls = 0
+
+    async def extract(text: str) -> list:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.002)
+        if calls % 10 == 0:
+            raise TimeoutError("slow")
+        return []
+
+    results = asyncio.run(
+        load.run_load(extract, ["x", "y"], [1, 4], duration_s=0.1, label="fake", max_requests=50)
+    )
+    assert [r.concurrency for r in results] == [1, 4]
+    for r in results:
+        assert 0 < r.num_ok + r.num_errors <= 50 + r.concurrency
+        assert r.throughput > 0 and r.percentile(50) <= r.percentile(99)
+    assert sum(r.errors.get("TimeoutError", 0) for r in results) >= 1
+
+    machine = report.machine_info("cpu")
+    paths = load.write_load_report(tmp_path, "fake", results, machine, "padellm-ner bench load")
+    assert paths["chart"].read_bytes()[:8] == PNG_MAGIC
+    rows = _table_rows(paths["markdown"].read_text())
+    assert [row[1] for row in rows[2:]] == ["1", "4"]
+    paths = load.write_load_report(tmp_path, "other", results[:1], machine, "cmd")
+    assert "compare_markdown" in paths
+    assert {row[0] for row in _table_rows(paths["compare_markdown"].read_text())[2:]} == {
+        "fake",
+        "other",
+    }
