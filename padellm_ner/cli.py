@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto")
     b.add_argument("--out", default="docs/benchmarks", help="folder for the table and chart")
+    b.add_argument("--max-new-tokens", type=int, default=160, help="token limit of the baselines' one sequence")
+    b.add_argument("--warmup", type=int, default=1, help="untimed passes before measuring")
+    b.add_argument("--name", help="file name stem of the outputs (default: from dataset, split, N, device)")
     b = bsub.add_parser("load", help="throughput and latency percentiles against a server")
     b.add_argument("--server", required=True)
     b.add_argument("--dataset", default="conll2003")
@@ -112,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", default="1,4,16,64")
     b.add_argument("--duration", type=float, default=20.0)
     b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
+    b.add_argument("--label", help="name of this run's row and files (default: --model-name)")
     b.add_argument("--out", default="docs/benchmarks")
     return parser
 
