@@ -1,0 +1,380 @@
+"""``padellm-ner train``: datasets -> rendered pairs -> token ids -> ``Trainer`` -> saved model.
+
+Every output format goes through the same path (``get_format(name).render`` then train),
+so the baselines share PaDeLLM's recipe. The saved folder holds ``padellm.json`` with the
+format, prompt label words, tags, language, datasets and base, which serving reads.
+
+``python -m padellm_ner.train.cli`` accepts the same options plus a few extra ones
+(``--zero-count-keep``, ``--micro-tokens``, ``--max-len``, ``--max-minutes``, ``--log-every``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from padellm_ner.errors import InvalidInputError
+from padellm_ner.types import Example
+
+__all__ = [
+    "DatasetSpec",
+    "add_extra_args",
+    "encode_units",
+    "load_datasets",
+    "main",
+    "render_groups",
+    "render_pairs",
+    "run_train",
+]
+
+logger = logging.getLogger(__name__)
+
+META_FILE = "padellm.json"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One training dataset with the tags and prompt words used for it."""
+
+    name: str
+    lang: str
+    tags: tuple[str, ...]
+    label_words: dict[str, str]
+
+
+def add_extra_args(p: argparse.ArgumentParser) -> None:
+    """Options beyond the ones ``padellm_ner.cli`` declares (defaults keep its behaviour)."""
+    p.add_argument(
+        "--zero-count-keep",
+        type=float,
+        default=1.0,
+        help="fraction of zero-count PaDeLLM sequences kept (1.0 = all, as in the paper)",
+    )
+    p.add_argument("--micro-tokens", type=int, default=1024, help="padded tokens per forward pass")
+    p.add_argument("--max-len", type=int, default=512, help="drop longer sequences")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop and save after this wall time"
+    )
+    p.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument(
+        "--pack",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="merge each sentence's sequences into one prefix tree (same loss, fewer tokens)",
+    )
+    p.add_argument("--row-tokens", type=int, default=256, help="packing row length")
+
+
+def _read_labels_file(path: str) -> dict[str, str]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"--labels-file {path}: {exc}") from exc
+    if isinstance(data, list):
+        data = {str(tag): str(tag) for tag in data}
+    if not isinstance(data, dict) or not all(isinstance(v, str) and v for v in data.values()):
+        raise InvalidInputError(
+            f"--labels-file {path}: expected a JSON object {{tag: label words}}"
+        )
+    return {str(k): v for k, v in data.items()}
+
+
+def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpec]:
+    """Specs of comma-separated dataset names or folders.
+
+    A labels file (``{tag: words}``) overrides the prompt words of the tags it names and
+    restricts training to those tags.
+    """
+    from padellm_ner.data import dataset_info
+
+    override = _read_labels_file(labels_file) if labels_file else None
+    specs = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        info = dataset_info(name)
+        tags = list(info.labels)
+        words = {tag: info.word(tag) for tag in tags}
+        if override is not None:
+            tags = [tag for tag in tags if tag in override]
+            words = {tag: override[tag] for tag in tags}
+            if not tags:
+                raise InvalidInputError(
+                    f"--labels-file names none of the tags of {name}: {info.labels}"
+                )
+        specs.append(DatasetSpec(name=name, lang=info.lang, tags=tuple(tags), label_words=words))
+    if not specs:
+        raise InvalidInputError("--dataset names no dataset")
+    return specs
+
+
+def render_groups(
+    examples: Sequence[Example],
+    spec: DatasetSpec,
+    fmt_name: str,
+    zero_count_keep: float = 1.0,
+    seed: int = 0,
+) -> list[list[Any]]:
+    """Training pairs of each example in format ``fmt_name`` (zero-count pairs subsampled)."""
+    from padellm_ner.prompts import get_format
+    from padellm_ner.train.dataset import keep_zero_count
+
+    fmt = get_format(fmt_name, spec.lang, label_words=spec.label_words)
+    groups = []
+    for example in examples:
+        pairs = fmt.render(_only_tags(example, spec.tags), spec.tags)
+        if fmt_name == "padellm" and zero_count_keep < 1.0:
+            pairs = [p for p in pairs if keep_zero_count(p, zero_count_keep, seed)]
+        if pairs:
+            groups.append(pairs)
+    return groups
+
+
+def render_pairs(
+    examples: Sequence[Example],
+    spec: DatasetSpec,
+    fmt_name: str,
+    zero_count_keep: float = 1.0,
+    seed: int = 0,
+) -> list[Any]:
+    """``render_groups`` flattened."""
+    return [p for g in render_groups(examples, spec, fmt_name, zero_count_keep, seed) for p in g]
+
+
+def encode_units(
+    groups: Sequence[Sequence[Any]], codec: Any, max_len: int | None, pack: bool
+) -> list[Any]:
+    """Token units: one trie per example (``pack``: shared prefixes once) or one per pair."""
+    from padellm_ner.train.dataset import encode_pairs, pack_unit
+
+    units = []
+    for group in groups:
+        seqs = encode_pairs(group, codec, max_len)
+        if pack and seqs:
+            units.append(pack_unit(seqs))
+        else:
+            units.extend(pack_unit([s]) for s in seqs)
+    return units
+
+
+def _only_tags(example: Example, tags: Sequence[str]) -> Example:
+    """The example without entities of tags left out of training (labels-file restriction)."""
+    keep = set(tags)
+    if all(e.label in keep for e in example.entities):
+        return example
+    return Example(
+        example.text, [e for e in example.entities if e.label in keep], example.lang, example.id
+    )
+
+
+def _union(items: Sequence[Sequence[str]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for group in items:
+        for item in group:
+            seen.setdefault(item, None)
+    return list(seen)
+
+
+def _eval_end(
+    trainer: Any, args: argparse.Namespace, specs: list[DatasetSpec], codec: Any, out: Path
+) -> dict[str, Any]:
+    """Dev loss on ``--eval-limit`` dev sentences, plus F1 when ``padellm_ner.evaluate`` has it."""
+    from padellm_ner.data import available_splits, load_split
+
+    result: dict[str, Any] = {}
+    limit = int(args.eval_limit or 0)
+    if limit <= 0:
+        return result
+    for spec in specs:
+        if "dev" not in available_splits(spec.name):
+            continue
+        dev = load_split(spec.name, "dev")[:limit]
+        groups = render_groups(dev, spec, args.format)
+        seqs = encode_units(groups, codec, getattr(args, "max_len", None), pack=True)
+        entry: dict[str, Any] = {
+            "sentences": len(dev),
+            "dev_loss": round(trainer.eval_loss(seqs), 5),
+        }
+        try:
+            from padellm_ner.evaluate import evaluate_model
+            from padellm_ner.extraction import Extractor
+        except ImportError:  # NOTE: F1 needs the inference stack; dev loss alone otherwise
+            evaluate_model = None
+        if evaluate_model is not None:
+            try:
+                extractor = Extractor.from_pretrained(
+                    str(out), device=trainer.device, dtype="float32", method=args.format
+                )
+                report = evaluate_model(extractor, dev, list(spec.tags), progress=False)
+                entry["f1"] = report.to_dict()
+                del extractor
+            except Exception as exc:  # noqa: BLE001 - eval must not lose a finished run
+                logger.warning("dev F1 evaluation failed: %s", exc)
+                entry["f1_error"] = str(exc)
+        result[spec.name] = entry
+    return result
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of ``padellm-ner train`` (see ``padellm_ner.cli`` for the options)."""
+    from padellm_ner.codec import PromptCodec
+    from padellm_ner.data import load_split
+    from padellm_ner.train.dataset import is_zero_count
+    from padellm_ner.train.trainer import TrainConfig, Trainer
+
+    t_start = time.perf_counter()
+    zero_keep = float(getattr(args, "zero_count_keep", 1.0))
+    if not 0.0 < zero_keep <= 1.0:
+        raise InvalidInputError("--zero-count-keep must be in (0, 1]")
+    specs = load_datasets(args.dataset, args.labels_file)
+    langs = {s.lang for s in specs}
+    if len(langs) > 1:
+        logger.warning("mixing languages %s; each dataset keeps its own prompt language", langs)
+
+    groups: list[list[Any]] = []
+    num_sentences: dict[str, int] = {}
+    num_available: dict[str, int] = {}
+    for spec in specs:
+        examples = load_split(spec.name, "train")
+        num_available[spec.name] = len(examples)
+        if args.limit is not None:
+            examples = examples[: args.limit]  # NOTE: per dataset: the first N sentences of each
+        num_sentences[spec.name] = len(examples)
+        groups.extend(render_groups(examples, spec, args.format, zero_keep, args.seed))
+    pairs = [p for g in groups for p in g]
+    num_zero = sum(is_zero_count(p) for p in pairs) if args.format == "padellm" else 0
+
+    config = TrainConfig(
+        out=args.out,
+        base=args.base,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_tokens=args.batch_tokens,
+        micro_tokens=int(getattr(args, "micro_tokens", 1024)),
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        save_every=args.save_every,
+        resume=args.resume,
+        device=args.device,
+        threads=args.threads,
+        log_every=int(getattr(args, "log_every", 10)),
+        max_minutes=getattr(args, "max_minutes", None),
+        keep_checkpoints=int(getattr(args, "keep_checkpoints", 2)),
+        row_tokens=int(getattr(args, "row_tokens", 256)) or None,
+        progress=True,
+    )
+    trainer = Trainer(config)
+    codec = PromptCodec(trainer.tokenizer, trainer.end_id)
+    pack = bool(getattr(args, "pack", True))
+    seqs = encode_units(groups, codec, getattr(args, "max_len", 512), pack)
+    print(
+        f"train: {sum(num_sentences.values())} sentences -> {len(pairs)} pairs "
+        f"({num_zero} zero-count), {sum(u.num_raw_tokens for u in seqs)} tokens "
+        f"({sum(len(u) for u in seqs)} packed); base {args.base}, "
+        f"{f'LoRA r={args.lora_r}' if args.lora else 'full fine-tune'}, device {trainer.device}",
+        file=sys.stderr,
+        flush=True,
+    )
+    out = Path(args.out)
+    tags = _union([s.tags for s in specs])
+    words = {t: w for s in reversed(specs) for t, w in s.label_words.items()}
+    meta: dict[str, Any] = {
+        "format": args.format,
+        # NOTE: "labels"[i] is the prompt word of "tags"[i] (readers zip the two lists).
+        "labels": [words[t] for t in tags],
+        "tags": tags,
+        "label_words": words,
+        "lang": specs[0].lang,
+        "langs": sorted(langs),
+        "dataset": ",".join(s.name for s in specs),
+        "base": args.base,
+        "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "target": "all-linear"}
+        if args.lora
+        else None,
+        "train": {
+            "sentences": num_sentences,
+            "sentences_available": num_available,
+            "pairs": len(pairs),
+            "zero_count_pairs": num_zero,
+            "zero_count_keep": zero_keep,
+            "tokens": sum(u.num_raw_tokens for u in seqs),
+            "packed_tokens": sum(len(u) for u in seqs),
+            "packed": pack,
+            "seed": args.seed,
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    # NOTE: written before training too, so a checkpoint folder is usable if the run dies.
+    (out / META_FILE).write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    result = trainer.train(seqs)
+    meta["train"].update(
+        steps=result.steps,
+        total_steps=result.total_steps,
+        epochs_done=result.epochs_done,
+        final_loss=round(result.final_loss, 5),
+        tokens_per_s=round(result.tokens_per_s, 1),
+        raw_tokens_per_s=round(result.raw_tokens_per_s, 1),
+        train_wall_s=round(result.train_wall_s, 1),
+        lr=args.lr,
+        batch_tokens=args.batch_tokens,
+        warmup=args.warmup,
+        device=trainer.device,
+        threads=args.threads,
+    )
+    (out / META_FILE).write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    evals = _eval_end(trainer, args, specs, codec, out)
+    if evals:
+        meta["eval"] = evals
+        (out / META_FILE).write_text(
+            json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    print(
+        f"train: done, {result.steps}/{result.total_steps} steps, loss {result.first_loss:.4f} -> "
+        f"{result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s ({result.raw_tokens_per_s:.0f} unpacked), "
+        f"{time.perf_counter() - t_start:.0f}s; saved to {out}"
+        + (f"; eval {json.dumps(evals)}" if evals else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    return 0
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from padellm_ner.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    add_extra_args(sub.choices["train"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m padellm_ner.train.cli [train] OPTIONS``: the train command with extra options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "train" not in argv:
+        flags = [a for a in argv if a in ("-v", "--verbose")]
+        argv = [*flags, "train", *[a for a in argv if a not in flags]]
+    args = _train_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return run_train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

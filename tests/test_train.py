@@ -1,0 +1,376 @@
+"""Trainer tests on a tiny random Llama with the real SmolLM2 tokenizer (CPU, fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from padellm_ner.codec import PromptCodec  # noqa: E402
+from padellm_ner.prompts.base import TrainingPair  # noqa: E402
+from padellm_ner.train.dataset import (  # noqa: E402
+    IGNORE_INDEX,
+    collate,
+    collate_packed,
+    encode_pair,
+    keep_zero_count,
+    pack_unit,
+    plan_epoch,
+)
+from padellm_ner.train.trainer import TrainConfig, Trainer, latest_checkpoint, lr_factor  # noqa: E402
+from padellm_ner.types import Entity, Example  # noqa: E402
+
+_SENTENCES = [
+    (
+        "EU rejects German call to boycott British lamb .",
+        [("ORG", "EU"), ("MISC", "German"), ("MISC", "British")],
+    ),
+    ("Peter Blackburn", [("PER", "Peter Blackburn")]),
+    ("BRUSSELS 1996-08-22", [("LOC", "BRUSSELS")]),
+    (
+        "Germany 's representative to the European Union 's veterinary committee Werner Zwingmann said .",
+        [("LOC", "Germany"), ("ORG", "European Union"), ("PER", "Werner Zwingmann")],
+    ),
+    ("Rare Hendrix song draft sells for almost $ 17,000 .", [("PER", "Hendrix")]),
+    ("LONDON 1996-08-22", [("LOC", "LONDON")]),
+    ("The market is quiet today .", []),
+    (
+        "Fischler proposed EU-wide measures after reports from Britain and France .",
+        [("PER", "Fischler"), ("MISC", "EU-wide"), ("LOC", "Britain"), ("LOC", "France")],
+    ),
+]
+_TAGS = ["LOC", "PER", "ORG", "MISC"]
+
+
+def _example(text: str, ents: list[tuple[str, str]], idx: int) -> Example:
+    entities, cursor = [], 0
+    for label, mention in ents:
+        start = text.index(mention, cursor)
+        entities.append(Entity(label, mention, start, start + len(mention)))
+        cursor = start + len(mention)
+    return Example(text, entities, "en", f"train:{idx}")
+
+
+def _pairs(examples: list[Example]) -> list[list[TrainingPair]]:
+    from padellm_ner.prompts import get_format
+
+    fmt = get_format("padellm", "en")
+    return [fmt.render(ex, _TAGS) for ex in examples]
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[Example]:
+    return [_example(t, e, i) for i, (t, e) in enumerate(_SENTENCES)]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama saved with the real SmolLM2 tokenizer (end token id 2)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from padellm_ner.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=2, pad_token_id=2)
+    out = tmp_path_factory.mktemp("tiny-base")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_base: Path) -> PromptCodec:
+    from padellm_ner.models import end_token_id, load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_base))
+    return PromptCodec(tokenizer, end_token_id(tokenizer, tiny_base))
+
+
+def _units(examples: list[Example], codec: PromptCodec, pack: bool = True):
+    units = []
+    for group in _pairs(examples):
+        seqs = [encode_pair(p, codec) for p in group]
+        units.extend([pack_unit(seqs)] if pack else [pack_unit([s]) for s in seqs])
+    return units
+
+
+def test_label_mask_covers_exactly_the_target(codec: PromptCodec, examples: list[Example]) -> None:
+    pair = TrainingPair(
+        "text:\nEU rejects\nentity type:\nORG\n\n<num>", ("1\n<mention 1>", "EU"), "ORG"
+    )
+    seq = encode_pair(pair, codec)
+    prompt_ids = codec.encode(pair.prompt)
+    target_ids = codec.encode("1\n<mention 1>") + codec.encode("EU") + [codec.end_id]
+    assert list(seq.input_ids) == prompt_ids + target_ids
+    assert seq.num_prompt_tokens == len(prompt_ids)
+    assert seq.labels == [IGNORE_INDEX] * len(prompt_ids) + target_ids
+    batch = collate([seq, encode_pair(TrainingPair("text:\nx", ("0",)), codec)], codec.pad_id)
+    row = batch["labels"][0].tolist()
+    assert [t for t in row if t != IGNORE_INDEX] == target_ids
+    assert batch["attention_mask"][0].sum() == len(seq)
+    # the second (shorter) row: padding is neither attended nor a target
+    short = batch["labels"][1].tolist()
+    assert [t for t in short if t != IGNORE_INDEX] == codec.encode("0") + [codec.end_id]
+    # a packed unit predicts exactly the target tokens, from the node before each
+    unit = pack_unit([seq])
+    assert sorted((n, t) for n, t, _ in unit.loss_items) == [
+        (len(prompt_ids) - 1 + i, t) for i, t in enumerate(target_ids)
+    ]
+
+
+def test_packing_shares_prefixes_and_keeps_the_loss(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example]
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    group = _pairs(examples[:1])[0]  # EU ... : 5 pairs (MISC has 2 mentions)
+    seqs = [encode_pair(p, codec) for p in group]
+    unit = pack_unit(seqs)
+    assert unit.num_sequences == 5
+    assert len(unit) < 0.6 * unit.num_raw_tokens
+    assert unit.num_target_tokens == sum(s.num_target_tokens for s in seqs)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        ref = 0.0
+        for s in seqs:  # each sequence alone
+            logits = model(torch.tensor([s.input_ids])).logits[0, :-1]
+            labels = torch.tensor(s.labels[1:])
+            ref += float(
+                torch.nn.functional.cross_entropy(
+                    logits[labels != IGNORE_INDEX], labels[labels != IGNORE_INDEX], reduction="sum"
+                )
+            )
+        other = pack_unit([encode_pair(p, codec) for p in _pairs(examples[1:2])[0]])
+        batch = collate_packed([[other, unit], [other]], codec.pad_id)  # two rows, padded
+        hidden = model.model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=batch["attention_mask"],
+        ).last_hidden_state
+        flat = hidden.reshape(-1, hidden.shape[-1])[batch["loss_index"]]
+        losses = torch.nn.functional.cross_entropy(
+            model.lm_head(flat), batch["loss_targets"], reduction="none"
+        )
+        weighted = losses * batch["loss_weights"]
+        n_other = len(other.loss_items)
+        packed = float(weighted[n_other : n_other + len(unit.loss_items)].sum())
+    assert packed == pytest.approx(ref, rel=1e-4)
+
+
+def test_plan_is_deterministic_and_within_budget() -> None:
+    lengths = [10 + (i * 7) % 50 for i in range(300)]
+    a = plan_epoch(lengths, 512, 256, seed=3, epoch=0, row_tokens=128)
+    assert a == plan_epoch(lengths, 512, 256, seed=3, epoch=0, row_tokens=128)
+    assert a != plan_epoch(lengths, 512, 256, seed=3, epoch=1, row_tokens=128)
+    seen = sorted(i for step in a for mb in step.micro_batches for row in mb for i in row)
+    assert seen == list(range(300))
+    for step in a:
+        for mb in step.micro_batches:
+            assert len(mb) * max(sum(lengths[i] for i in row) for row in mb) <= 256
+            assert all(sum(lengths[i] for i in row) <= 128 for row in mb)
+
+
+def test_zero_count_subsampling_is_stable() -> None:
+    zero = [TrainingPair(f"p{i}", ("0",), "X") for i in range(400)]
+    kept = [keep_zero_count(p, 0.5, seed=1) for p in zero]
+    assert kept == [keep_zero_count(p, 0.5, seed=1) for p in zero]
+    assert 150 < sum(kept) < 250
+    assert keep_zero_count(TrainingPair("p", ("1\n<mention 1>", "EU"), "X"), 0.0, 1)
+
+
+def test_lr_schedule() -> None:
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-9)
+
+
+def _config(out: Path, base: Path, **kw) -> TrainConfig:
+    defaults = dict(
+        out=str(out),
+        base=str(base),
+        lora=True,
+        lora_r=8,
+        lora_alpha=16,
+        lr=1e-2,
+        warmup=0.1,
+        max_steps=30,
+        batch_tokens=400,
+        micro_tokens=400,
+        row_tokens=200,
+        save_every=10,
+        threads=1,
+        progress=False,
+        log_every=5,
+        epochs=100,
+    )
+    defaults.update(kw)
+    return TrainConfig(**defaults)
+
+
+def test_lora_training_lowers_loss_and_saves_a_loadable_adapter(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    from padellm_ner.models import load_model
+
+    out = tmp_path / "run"
+    trainer = Trainer(_config(out, tiny_base, max_steps=40, lr=1e-2, epochs=100))
+    result = trainer.train(_units(examples, codec))
+    assert result.steps == 40
+    first, last = result.losses[:5], result.losses[-5:]
+    # NOTE: initializer_range=0.3 lets a LoRA on a frozen tied head reach far below ln(V)
+    assert sum(last) / 5 < sum(first) / 5 - 1.0
+    assert (out / "adapter_model.safetensors").exists()
+    assert (out / "tokenizer.json").exists()
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(tiny_base.resolve())
+    assert latest_checkpoint(out).name == "step-40"
+
+    loaded = load_model(str(out))
+    assert loaded.is_adapter and loaded.end_id == 2
+    prompt = codec.encode("text:\nPeter Blackburn\nentity type:\nPER\n\n<num>")
+    with torch.no_grad():
+        gen = loaded.model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=4,
+            do_sample=False,
+            eos_token_id=loaded.end_id,
+            pad_token_id=loaded.end_id,
+        )
+    assert gen.shape[1] > len(prompt)
+
+
+def test_resume_continues_from_the_checkpoint_step(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    units = _units(examples, codec)
+    full = Trainer(_config(tmp_path / "full", tiny_base, max_steps=6, save_every=2)).train(units)
+    # interrupted: the time limit stops it after its first step (checkpoint step-1)
+    cut = Trainer(_config(tmp_path / "cut", tiny_base, max_steps=6, save_every=2, max_minutes=0.0))
+    first = cut.train(units)
+    assert first.steps == 1
+    assert latest_checkpoint(tmp_path / "cut").name == "step-1"
+    resumed = Trainer(_config(tmp_path / "cut", tiny_base, max_steps=6, save_every=2, resume=True))
+    result = resumed.train(units)
+    assert result.steps == 6 and len(result.losses) == 6
+    assert result.losses[:1] == first.losses
+    # exact continuation: same data order, weights, optimizer, schedule and RNG
+    assert result.losses == pytest.approx(full.losses, rel=1e-4)
+
+
+def test_full_fine_tune_saves_a_model(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    from padellm_ner.models import load_model
+
+    out = tmp_path / "full-ft"
+    result = Trainer(_config(out, tiny_base, lora=False, lr=1e-3, max_steps=3)).train(
+        _units(examples, codec)
+    )
+    assert result.steps == 3
+    loaded = load_model(str(out))
+    assert not loaded.is_adapter and loaded.end_id == 2
+
+
+def test_cli_writes_padellm_json(tiny_base: Path, tmp_path: Path) -> None:
+    from padellm_ner.train.cli import main
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"PER": "person", "LOC": "location"}))
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "conll2003",
+            "--base",
+            str(tiny_base),
+            "--out",
+            str(out),
+            "--limit",
+            "6",
+            "--max-steps",
+            "2",
+            "--epochs",
+            "5",
+            "--batch-tokens",
+            "512",
+            "--threads",
+            "1",
+            "--labels-file",
+            str(labels),
+            "--eval-limit",
+            "3",
+            "--zero-count-keep",
+            "0.5",
+        ]
+    )
+    assert rc == 0
+    meta = json.loads((out / "padellm.json").read_text())
+    assert meta["format"] == "padellm" and meta["dataset"] == "conll2003"
+    assert meta["tags"] == ["LOC", "PER"] and meta["labels"] == ["location", "person"]
+    assert meta["lang"] == "en" and meta["base"] == str(tiny_base)
+    assert meta["train"]["zero_count_keep"] == 0.5 and meta["train"]["steps"] == 2
+    assert "dev_loss" in meta["eval"]["conll2003"]
+    # dev F1 through the real inference path (Extractor + evaluate_model) on the saved adapter
+    assert "set" in meta["eval"]["conll2003"]["f1"]
+
+
+@pytest.mark.parametrize("fmt", ["ar_aug", "ar_struct", "onestep"])
+def test_cli_baselines_and_concatenated_datasets(tiny_base: Path, tmp_path: Path, fmt: str) -> None:
+    from padellm_ner.data import dataset_info
+    from padellm_ner.train.cli import main
+
+    out = tmp_path / fmt
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "conll2003,wnut17",
+            "--format",
+            fmt,
+            "--base",
+            str(tiny_base),
+            "--out",
+            str(out),
+            "--limit",
+            "3",
+            "--max-steps",
+            "1",
+            "--threads",
+            "1",
+            "--eval-limit",
+            "0",
+        ]
+    )
+    assert rc == 0
+    meta = json.loads((out / "padellm.json").read_text())
+    wnut = dataset_info("wnut17")
+    assert meta["format"] == fmt and meta["dataset"] == "conll2003,wnut17"
+    assert meta["tags"] == _TAGS_BY_FREQ + list(wnut.labels)
+    assert len(meta["labels"]) == len(meta["tags"])
+    assert meta["train"]["sentences"] == {"conll2003": 3, "wnut17": 3}
+    assert (out / "adapter_model.safetensors").exists()
+
+
+_TAGS_BY_FREQ = ["LOC", "PER", "ORG", "MISC"]
