@@ -220,7 +220,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
     if end_id < 0:
         end_id = end_token_id(tokenizer, resolve_model_dir(model))
     codec = PromptCodec(tokenizer, end_id)
-    codec.newline_ids  # NOTE: computed once here (a vocab scan), not on the first request
+    _ = codec.newline_ids  # NOTE: computed once here (a vocab scan), not on the first request
     labels = tuple(json.loads(get("labels", "[]")))
     plan = PlanConfig(
         max_mentions=int(get("max_mentions", "16")),

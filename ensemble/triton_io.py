@@ -156,6 +156,22 @@ class EngineMetrics:
         self._active = family.Metric(labels=labels)
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._stopped = threading.Event()
+
+    def start_refresher(self, refresh: Callable[[], None], interval_s: float = 0.5) -> None:
+        """Refresh from a daemon thread too: stats move between request completions."""
+
+        def run() -> None:
+            while not self._stopped.wait(interval_s):
+                try:
+                    refresh()
+                except Exception:  # NOTE: metrics must never take the model down
+                    logger.debug("metrics refresh failed", exc_info=True)
+
+        threading.Thread(target=run, name="padellm-llm-metrics", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     def update(self, stats, num_active: int) -> None:
         with self._lock:

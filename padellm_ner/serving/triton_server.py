@@ -117,6 +117,8 @@ class TritonServer:
         startup_timeout: seconds to wait for ``/v2/health/ready``.
         host: address to listen on.
         extra_args: more tritonserver flags.
+        env: the server's environment (default: ours, plus library paths).
+        exit_timeout_s: ``--exit-timeout-secs``, the grace period of a shutdown.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class TritonServer:
         host: str = "127.0.0.1",
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        exit_timeout_s: int = 5,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         ports = free_ports(3)
@@ -139,6 +142,7 @@ class TritonServer:
         self.host = host
         self.startup_timeout = startup_timeout
         self.extra_args = list(extra_args or [])
+        self.exit_timeout_s = exit_timeout_s
         self.env = env
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
@@ -176,6 +180,9 @@ class TritonServer:
             "--allow-metrics=true",
             "--disable-auto-complete-config",
             "--log-verbose=0",
+            # NOTE: after SIGTERM the server waits this long for models to unload; a
+            # Python model that keeps a reference alive would otherwise hold it 30 s.
+            f"--exit-timeout-secs={self.exit_timeout_s}",
             *self.extra_args,
         ]
 

@@ -32,6 +32,7 @@ class TritonPythonModel:
         self.loop = EngineLoop(core)
         self.metrics = triton_io.EngineMetrics(args["model_name"])
         self.server = InflightLLMServer(self.loop, on_finish=self._refresh_metrics)
+        self.metrics.start_refresher(self._refresh_metrics)
 
     def _refresh_metrics(self):
         self.metrics.update(self.loop.stats, self.server.num_active)
@@ -49,4 +50,5 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
+        self.metrics.stop()
         self.loop.shutdown()

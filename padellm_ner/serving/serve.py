@@ -1,0 +1,78 @@
+"""``padellm-ner serve``: assemble the model repository and run tritonserver until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from padellm_ner.errors import InvalidInputError
+from padellm_ner.serving.triton_server import TritonServer, TritonServerError
+
+__all__ = ["run_serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Assemble (a temp dir unless ``--repository``), start tritonserver, wait for Ctrl-C/SIGTERM."""
+    from padellm_build.assemble import assemble_repository
+
+    temp = args.repository is None
+    repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
+    ours = (repo / "padellm" / "config.pbtxt").exists()
+    if not temp and repo.exists() and any(repo.iterdir()) and not ours:
+        raise InvalidInputError(f"--repository {repo} is not empty and not a padellm-ner repository")
+    server = None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        assemble_repository(
+            repo,
+            args.model,
+            args.labels,
+            llm_backend=args.llm_backend,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch_size=args.max_batch_size,
+            overwrite=ours,
+        )
+        server = TritonServer(
+            repo,
+            grpc_port=args.grpc_port,
+            http_port=args.http_port,
+            metrics_port=args.metrics_port,
+            log_path=repo.parent / f"{repo.name}-tritonserver.log" if temp else repo / "tritonserver.log",
+            host="0.0.0.0",  # NOTE: tritonserver's own default; the CLI serves the network
+            startup_timeout=900,
+        )
+        print(f"padellm-ner: starting tritonserver (model {args.model}); log {server.log_path}", flush=True)
+        server.start()
+        print(
+            f"padellm-ner: serving model 'padellm' on gRPC :{server.grpc_port}, "
+            f"HTTP :{server.http_port}, metrics :{server.metrics_port} (Ctrl-C to stop)",
+            flush=True,
+        )
+        code = server.wait()
+        raise TritonServerError(f"tritonserver exited with status {code}; log {server.log_path}:\n{server.log_tail()}")
+    except (KeyboardInterrupt, _Terminated):
+        print("padellm-ner: stopping", flush=True)
+        return 0
+    except (TritonServerError, FileExistsError, FileNotFoundError) as exc:
+        raise InvalidInputError(str(exc)) from exc
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            server.stop()
+        if temp:
+            shutil.rmtree(repo, ignore_errors=True)

@@ -1,0 +1,256 @@
+"""Triton-free tests of the serving logic: template filler, assembly, validation, the
+BLS LLM client, the llm model's request mapping and the orchestrator (fakes, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from padellm_build.fill_template import TemplateError, fill, parse_substitutions
+from padellm_build.fill_template import main as fill_main
+from padellm_ensemble.llm_client import BLSAsyncLLM, build_llm_inputs, parse_llm_outputs
+from padellm_ensemble.llm_server import InflightLLMServer, LLMWireError, parse_llm_request
+from padellm_ensemble.orchestrator import Orchestrator, OrchestratorConfig
+from padellm_ensemble.validation import RequestValidationError, parse_request
+from padellm_ner.llm import GenerationRequest, GenerationResult
+
+TEMPLATE = """# optional: color, size
+name: "${name}"
+parameters { key: "color" value: { string_value: "${color}" } }
+parameters {
+  key: "size"
+  value: { string_value: "${size}" }
+}
+"""
+
+
+# -- fill_template -------------------------------------------------------------------
+def test_fill_removes_unset_optional_blocks():
+    text = fill(TEMPLATE, {"name": "m", "color": "red"})
+    assert 'name: "m"' in text and '"red"' in text
+    assert "size" not in text.split("\n", 1)[1] and "${" not in text
+
+
+def test_fill_rejects_unknown_and_missing_keys():
+    with pytest.raises(TemplateError, match="unknown keys"):
+        fill(TEMPLATE, {"name": "m", "colour": "red"})
+    with pytest.raises(TemplateError, match=r"unfilled: \['name'\]"):
+        fill(TEMPLATE, {"color": "red"})
+
+
+def test_fill_cli(tmp_path, capsys):
+    path = tmp_path / "config.pbtxt"
+    path.write_text(TEMPLATE)
+    assert parse_substitutions(r"name:a\,b,size:3") == {"name": "a,b", "size": "3"}
+    assert fill_main([str(path), "name:x,size:3", "-i"]) == 0
+    assert '"x"' in path.read_text() and "color" not in path.read_text().split("\n", 1)[1]
+    path.write_text(TEMPLATE)
+    assert fill_main([str(path), "nam:x"]) == 2
+
+
+def test_assemble_python_repository(tmp_path):
+    from padellm_build.assemble import assemble_repository
+
+    repo = assemble_repository(tmp_path / "r", "/nonexistent-model", ["A", 'B"x'], max_mention_tokens=5)
+    padellm = (repo / "padellm" / "config.pbtxt").read_text()
+    assert '"[\\"A\\", \\"B\\\\\\"x\\"]"' in padellm  # JSON, escaped for pbtxt
+    assert '"llm"' in padellm and "${" not in padellm and 'key: "max_concurrency"' not in padellm
+    assert (repo / "llm" / "1" / "model.py").exists() and "${" not in (repo / "llm" / "config.pbtxt").read_text()
+    with pytest.raises(FileExistsError):
+        assemble_repository(repo, "/nonexistent-model")
+
+
+# -- validation ------------------------------------------------------------------------
+def _parse(text, labels=None, **kw):
+    return parse_request(
+        np.array([text], dtype=object), None if labels is None else np.array(labels, dtype=object),
+        default_labels=("PER", "LOC"), max_text_chars=20, **kw,
+    )
+
+
+@pytest.mark.parametrize(
+    "text,labels,hint",
+    [("", None, "empty"), ("  \n", None, "whitespace"), (b"\xff", None, "UTF-8"),
+     ("a\x00b", None, "NUL"), ("x" * 21, None, "20"), ("ok", [], "LABELS is empty")],
+)
+def test_validation_errors_say_what_to_fix(text, labels, hint):
+    with pytest.raises(RequestValidationError, match=hint) as info:
+        _parse(text, labels)
+    assert info.value.wire_message.startswith("[INVALID_ARGUMENT] ")
+
+
+def test_validation_defaults_and_options():
+    req = _parse("Paris", ["ORG", "ORG", "PER"], dedup=np.array([b"span"], dtype=object),
+                 max_mentions=np.array([3], dtype=np.int32), stream=np.array([True]))
+    assert req.labels == ("ORG", "PER") and req.max_mentions == 3 and req.stream and req.dedup.value == "span"
+    assert _parse(b"Paris").labels == ("PER", "LOC")
+
+
+# -- llm client (BLS) -----------------------------------------------------------------
+def test_build_llm_inputs_contract():
+    req = GenerationRequest((5, 6, 7), 4, (2, 10, 11))
+    inputs = build_llm_inputs(req, end_id=2)
+    assert inputs["input_ids"].dtype == np.int32 and inputs["input_ids"].shape == (3,)
+    assert inputs["end_id"].tolist() == [2]
+    assert inputs["stop_words_list"].tolist() == [[10, 11], [1, 2]]
+    batched = build_llm_inputs(req, end_id=2, batch_dim=True)
+    assert batched["input_ids"].shape == (1, 3) and batched["stop_words_list"].shape == (1, 2, 2)
+    # the llm model reads back what the client sends
+    wire = parse_llm_request(inputs.get, "r1")
+    assert wire.request == GenerationRequest((5, 6, 7), 4, (2, 10, 11))
+    assert parse_llm_request(batched.get, "r1").request == wire.request
+
+
+def test_parse_llm_outputs_cuts_at_sequence_length():
+    out = {"output_ids": np.array([[[4, 5, 0]]], dtype=np.int32), "sequence_length": np.array([[2]]),
+           "output_log_probs": np.array([[[-1.0, -2.0, 0.0]]], dtype=np.float32)}
+    assert parse_llm_outputs(out) == ([4, 5], [-1.0, -2.0])
+
+
+def test_bls_llm_streams_and_stops_on_cancel():
+    calls, release = [], threading.Event()
+
+    def transport(model, inputs, req_id):
+        calls.append((req_id, bool(inputs.get("stop", [False])[0])))
+        if inputs.get("stop") is not None:
+            release.set()
+            return
+        release.wait(5)
+        yield {"output_ids": np.array([[7]], dtype=np.int32), "output_log_probs": np.array([[-0.5]], dtype=np.float32)}
+
+    llm = BLSAsyncLLM(transport, "llm", end_id=2)
+
+    async def main():
+        task = asyncio.ensure_future(llm.agenerate(GenerationRequest((1,), 3, (2,))))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+    assert [stop for _, stop in calls] == [False, True] and calls[0][0] == calls[1][0]
+    llm.close()
+
+
+# -- llm model mapping (fake engine loop) ---------------------------------------------
+@dataclass
+class _Out:
+    req_id: str
+    token_id: int | None
+    log_prob: float
+    finished: bool
+    finish_reason: str | None = None
+
+
+class _FakeLoop:
+    def __init__(self):
+        self.submitted, self.aborted = {}, []
+
+    def submit(self, req_id, request, callback):
+        self.submitted[req_id] = (request, callback)
+
+    def abort(self, req_id):
+        self.aborted.append(req_id)
+
+
+def test_inflight_server_streaming_and_unary():
+    loop, sent = _FakeLoop(), []
+    server = InflightLLMServer(loop)
+    inputs = build_llm_inputs(GenerationRequest((1, 2), 3, ()), end_id=2, streaming=True)
+    server.submit(parse_llm_request(inputs.get, "s"), lambda o, f, e: sent.append((o, f, e)), lambda: False)
+    _, cb = loop.submitted["s"]
+    cb(_Out("s", 9, -0.1, False))
+    cb(_Out("s", 8, -0.2, True, "length"))
+    assert [o["output_ids"].tolist() for o, _, _ in sent] == [[[9]], [[8]]] and [f for _, f, _ in sent] == [False, True]
+    sent.clear()
+    server.submit(parse_llm_request(build_llm_inputs(GenerationRequest((1,), 3, ()), 2).get, "u"),
+                  lambda o, f, e: sent.append((o, f, e)), lambda: False)
+    _, cb = loop.submitted["u"]
+    cb(_Out("u", 9, -0.1, False))
+    cb(_Out("u", 8, -0.2, True, "length"))
+    assert len(sent) == 1 and sent[0][0]["output_ids"].tolist() == [[9, 8]] and sent[0][1]
+    assert sent[0][0]["cum_log_probs"][0] == pytest.approx(-0.3)
+    # stop=True aborts a running request by id
+    server.submit(parse_llm_request(build_llm_inputs(GenerationRequest((1,), 3, ()), 2).get, "x"),
+                  lambda *a: None, lambda: False)
+    stop = {"input_ids": np.zeros(1, np.int32), "stop": np.array([True])}
+    server.submit(parse_llm_request(stop.get, "x"), lambda *a: None, lambda: False)
+    assert loop.aborted == ["x"]
+    with pytest.raises(LLMWireError):
+        parse_llm_request({"input_ids": np.array([1], np.int32), "request_output_len": np.array([0], np.int32)}.get, "y")
+
+
+# -- orchestrator (fake LLM) -----------------------------------------------------------
+class _Codec:
+    end_id = 0
+    newline_ids = frozenset({1})
+    pad_id = 0
+
+    def encode(self, text):
+        return [ord(c) % 50 + 2 for c in text]
+
+    def decode(self, ids):
+        return "".join({3: "1", 4: "P"}.get(i, "") for i in ids)
+
+    def strip_stop(self, ids):
+        return ids[:-1] if ids and ids[-1] in (0, 1) else ids
+
+
+class _FakeLLM:
+    """Count 1 for every label, mention "P" (found in the text "P")."""
+
+    async def agenerate(self, request):
+        await asyncio.sleep(0)
+        if request.stop_ids != (0,):
+            return GenerationResult([3, 1], [-0.1, -0.1], "stop")
+        return GenerationResult([4, 0], [-0.5, -0.1], "stop")
+
+
+class _Sink:
+    def __init__(self, cancelled=False):
+        self.sent, self.cancelled = [], cancelled
+
+    def send(self, outputs, *, error=None, final=False):
+        self.sent.append((outputs, error, final))
+
+    def is_cancelled(self):
+        return self.cancelled
+
+
+def _orchestrator():
+    return Orchestrator(OrchestratorConfig(labels=("A", "B"), max_text_chars=100), _Codec(), _FakeLLM())
+
+
+def test_orchestrator_unary_stream_and_errors():
+    orch = _orchestrator()
+    text = {"TEXT": np.array([b"P"], dtype=object)}
+    sink = _Sink()
+    asyncio.run(orch.handle(text.get, sink))
+    ((outputs, error, final),) = sink.sent
+    assert error is None and final and outputs["LABEL"].tolist() == [b""]
+    assert outputs["ENTITY_TEXTS"].tolist() == [b"P"] and outputs["ENTITY_STARTS"].tolist() == [0]
+
+    sink = _Sink()
+    asyncio.run(orch.handle({**text, "STREAM": np.array([True]), "DEDUP": np.array([b"off"], dtype=object)}.get, sink))
+    assert [o["LABEL"][0] for o, _, _ in sink.sent] == [b"A", b"B"] and [f for *_, f in sink.sent] == [False, True]
+
+    sink = _Sink()
+    asyncio.run(orch.handle({"TEXT": np.array([b" "], dtype=object)}.get, sink))
+    ((_, error, final),) = sink.sent
+    assert final and error.wire_message.startswith("[INVALID_ARGUMENT] ")
+
+
+def test_orchestrator_stops_when_cancelled():
+    class _SlowLLM:
+        async def agenerate(self, request):
+            await asyncio.sleep(30)
+
+    orch = Orchestrator(OrchestratorConfig(labels=("A",), cancel_poll_s=0.01), _Codec(), _SlowLLM())
+    sink = _Sink(cancelled=True)
+    asyncio.run(asyncio.wait_for(orch.handle({"TEXT": np.array([b"P"], dtype=object)}.get, sink), 5))
+    assert sink.sent == [(None, None, True)]
