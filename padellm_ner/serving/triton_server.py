@@ -193,7 +193,7 @@ class TritonServer:
         install = find_tritonserver()
         cmd = self.command(install)
         logger.info("starting %s (log: %s)", " ".join(cmd), self.log_path)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
             cmd,
             stdout=self._log,
