@@ -53,7 +53,8 @@ def run_serve(args: argparse.Namespace) -> int:
             http_port=args.http_port,
             metrics_port=args.metrics_port,
             log_path=repo.parent / f"{repo.name}-tritonserver.log" if temp else repo / "tritonserver.log",
-            host="0.0.0.0",  # NOTE: tritonserver's own default; the CLI serves the network
+            # NOTE: loopback by default; --host 0.0.0.0 serves the network
+            host=args.host,
             startup_timeout=900,
         )
         print(f"padellm-ner: starting tritonserver (model {args.model}); log {server.log_path}", flush=True)

@@ -1,0 +1,50 @@
+"""``padellm-ner serve`` then ``padellm-ner extract --server``, as the README says."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from padellm_ner.serving.triton_server import free_ports
+
+
+def test_serve_then_extract_through_the_server(tmp_path) -> None:
+    grpc_port, http_port, metrics_port = free_ports(3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "padellm_ner.cli"]
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [*cli, "serve", "--model", "smollm2-135m", "--grpc-port", str(grpc_port),
+         "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+         "--repository", str(tmp_path / "repo")],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while "serving model 'padellm'" not in (tmp_path / "serve.log").read_text():
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(1)
+        text = "Japan beat Korea in Tokyo ."
+        proc = subprocess.run(
+            [*cli, "extract", text, "--server", f"127.0.0.1:{grpc_port}", "--json"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        for e in json.loads(proc.stdout):
+            assert e["start"] is None or text[e["start"] : e["end"]] == e["text"]
+        bad = subprocess.run(
+            [*cli, "extract", "x" * 5000, "--server", f"127.0.0.1:{grpc_port}"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=120)
+        log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()
+    assert "stopping" in (tmp_path / "serve.log").read_text()
