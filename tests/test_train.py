@@ -374,3 +374,34 @@ def test_cli_baselines_and_concatenated_datasets(tiny_base: Path, tmp_path: Path
 
 
 _TAGS_BY_FREQ = ["LOC", "PER", "ORG", "MISC"]
+
+
+def test_export_copies_only_servable_files(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    from padellm_ner.models import load_model
+    from padellm_ner.train.cli import export_model
+
+    out = tmp_path / "run"
+    Trainer(_config(out, tiny_base, max_steps=2, save_every=1)).train(_units(examples[:2], codec))
+    (out / "padellm.json").write_text(
+        json.dumps({"format": "padellm", "tags": ["PER"], "labels": ["PER"]})
+    )
+    dst = tmp_path / "asset"
+    names = {p.name for p in export_model(out, dst)}
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "padellm.json",
+    } <= names
+    assert not (dst / "checkpoints").exists()
+    from padellm_ner.train.cli import main
+
+    assert (
+        main(["export", str(out), str(tmp_path / "asset2"), "--command", "padellm-ner train X"])
+        == 0
+    )
+    card = (tmp_path / "asset2" / "MODEL_CARD.md").read_text()
+    assert "padellm-ner train X" in card and "not measured" in card
+    assert load_model(str(dst)).is_adapter

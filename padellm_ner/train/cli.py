@@ -27,6 +27,8 @@ __all__ = [
     "DatasetSpec",
     "add_extra_args",
     "encode_units",
+    "export_model",
+    "model_card",
     "load_datasets",
     "main",
     "render_groups",
@@ -353,6 +355,149 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what a servable trained folder needs (checkpoints, logs and the PEFT README stay behind)
+EXPORT_FILES = (
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    META_FILE,
+)
+
+
+def export_model(
+    src: str | Path, dst: str | Path, adapter_dtype: str | None = "float16"
+) -> list[Path]:
+    """Copy the servable files of a trained folder (e.g. into ``padellm_ner/assets``).
+
+    Args:
+        src: the ``--out`` folder of a run.
+        dst: where the servable copy goes.
+        adapter_dtype: store LoRA weights in this dtype (``None``: as trained, fp32);
+            fp16 halves the committed file, and loading casts back to the model's dtype.
+
+    Returns:
+        The copied paths.
+    """
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if not (src / "adapter_config.json").exists() and not (src / "config.json").exists():
+        raise InvalidInputError(f"{src} holds no trained model (run train first)")
+    dst.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in EXPORT_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+            copied.append(dst / name)
+    adapter = dst / "adapter_model.safetensors"
+    if adapter_dtype and adapter.exists():
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        dtype = getattr(torch, adapter_dtype)
+        weights = {
+            k: (v.to(dtype) if v.is_floating_point() else v) for k, v in load_file(adapter).items()
+        }
+        save_file(weights, adapter, metadata={"format": "pt"})
+        adapter.chmod(0o644)  # NOTE: save_file writes 0600; the asset is meant to be read by all
+    return copied
+
+
+def model_card(
+    meta: dict[str, Any],
+    command: str,
+    test_report: str | None = None,
+    machine: str = "2-core CPU (AMD EPYC, AVX2), no GPU; 1 torch thread",
+) -> str:
+    """A MODEL_CARD.md for a trained folder, from its ``padellm.json`` (train + eval filled in)."""
+    tr = meta.get("train", {})
+    used = sum(tr.get("sentences", {}).values())
+    avail = sum(tr.get("sentences_available", {}).values()) or 1
+    lora = meta.get("lora") or {}
+    lines = [
+        f"# {meta.get('format', 'padellm')} NER adapter on {meta.get('base')}",
+        "",
+        f"A LoRA adapter for `{meta.get('base')}` (SmolLM2-135M-Instruct) trained in the "
+        f"`{meta.get('format')}` format (docs/METHOD.md) on `{meta.get('dataset')}`. "
+        f"Labels (prompt words): {', '.join(meta.get('labels', []))}. Language: {meta.get('lang')}.",
+        "",
+        "## Data",
+        "",
+        f"- Training sentences: the first {used} of {avail} of the train split "
+        f"({100 * used / avail:.1f}%), one epoch ({tr.get('epochs_done', '?')} done).",
+        f"- Sequences: {tr.get('pairs')} ({tr.get('zero_count_pairs')} zero-count), "
+        f"{tr.get('tokens')} tokens; zero-count sequences kept: {100 * tr.get('zero_count_keep', 1.0):.0f}% "
+        "(no downsampling, as in the paper).",
+        f"- Packing: {'each sentence' + chr(39) + 's sequences merged into one prefix tree' if tr.get('packed') else 'none'} "
+        f"({tr.get('packed_tokens')} tokens computed for {tr.get('tokens')} sequence tokens; "
+        "same loss as unpacked training, checked by tests/test_train.py).",
+        "",
+        "## Training",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"- LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout 0.05, on every linear "
+        "projection (q/k/v/o, gate/up/down); lm_head and embeddings frozen.",
+        f"- AdamW lr {tr.get('lr')}, warmup {tr.get('warmup')} then cosine decay to 0, grad clip 1.0, "
+        f"{tr.get('batch_tokens')} padded tokens per step, {tr.get('steps')} steps, seed {tr.get('seed')}, fp32.",
+        "- Loss on target tokens only (count, `\\n<mention k>` marker, mention, `<|im_end|>`).",
+        f"- Machine: {machine}.",
+        f"- Wall time: {tr.get('train_wall_s', 0) / 60:.1f} min of training; throughput "
+        f"{tr.get('tokens_per_s')} computed tokens/s = {tr.get('raw_tokens_per_s')} sequence tokens/s.",
+        f"- Final train loss (mean of the last 10 steps): {tr.get('final_loss')}.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    for name, ev in (meta.get("eval") or {}).items():
+        f1 = (ev.get("f1") or {}).get("f1")
+        lines.append(
+            f"- {name} dev, first {ev.get('sentences')} sentences: target-token loss {ev.get('dev_loss')}"
+            + (f", micro-F1 {100 * f1:.2f}" if f1 is not None else ", F1 not measured")
+            + "."
+        )
+    if test_report:
+        lines += ["", "Test split (`padellm-ner evaluate`):", "", "```", test_report.strip(), "```"]
+    else:
+        lines.append("- Test F1: not measured.")
+    lines += [
+        "",
+        "## Limits",
+        "",
+        f"- A 135M-parameter model trained on {100 * used / avail:.0f}% of the data for one epoch on a "
+        "CPU: far below the paper's 7B results (CoNLL03 F1 92.52); it is a working default, "
+        "not a benchmark. Retrain on a GPU with the full data for real use.",
+        "- Adapter weights are stored in float16 (cast back to the model dtype when loaded).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m padellm_ner.train.cli export")
+    p.add_argument("run", help="the --out folder of a finished run")
+    p.add_argument("dst", help="destination folder (e.g. padellm_ner/assets/default-adapter)")
+    p.add_argument("--command", required=True, help="the training command, for the model card")
+    p.add_argument("--test-report", help="a file holding the test evaluation output")
+    args = p.parse_args(argv)
+    export_model(args.run, args.dst)
+    meta = json.loads((Path(args.run) / META_FILE).read_text(encoding="utf-8"))
+    report = Path(args.test_report).read_text(encoding="utf-8") if args.test_report else None
+    (Path(args.dst) / "MODEL_CARD.md").write_text(
+        model_card(meta, args.command, report), encoding="utf-8"
+    )
+    print(f"exported {args.run} -> {args.dst}")
+    return 0
+
+
 def _train_parser() -> argparse.ArgumentParser:
     from padellm_ner.cli import build_parser
 
@@ -365,6 +510,8 @@ def _train_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m padellm_ner.train.cli [train] OPTIONS``: the train command with extra options."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return _export_main(argv[1:])
     if "train" not in argv:
         flags = [a for a in argv if a in ("-v", "--verbose")]
         argv = [*flags, "train", *[a for a in argv if a not in flags]]
