@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=200, help="dev sentences evaluated at the end")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    from padellm_ner.train.cli import add_extra_args
+
+    add_extra_args(p)
 
     p = sub.add_parser("evaluate", help="micro-F1 (paper) and span F1 on a dataset split")
     _add_model_args(p)
