@@ -501,10 +501,8 @@ def _export_main(argv: list[str]) -> int:
 def _train_parser() -> argparse.ArgumentParser:
     from padellm_ner.cli import build_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
-    add_extra_args(sub.choices["train"])
-    return parser
+    # NOTE: the main parser's train subcommand already carries add_extra_args.
+    return build_parser()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
