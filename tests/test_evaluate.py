@@ -1,0 +1,93 @@
+"""``evaluate_model`` against a hand-computed F1.
+
+The LLM here is a scripted stand-in that answers PaDeLLM prompts from a table (a fake
+of the ``LLM`` protocol, as STYLE.md allows for plan logic): the point is to check the
+scoring arithmetic end to end through the real plan, codec and SmolLM2 tokenizer, with
+known predictions. Real-model evaluation is exercised by tests/test_train.py.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from padellm_ner.codec import PromptCodec
+from padellm_ner.evaluate import evaluate_model
+from padellm_ner.extraction import Extractor
+from padellm_ner.llm import GenerationRequest, GenerationResult
+from padellm_ner.models import load_tokenizer
+from padellm_ner.types import Entity, Example
+
+LABELS = ["LOC", "PER", "ORG", "MISC"]
+
+
+def _ex(text: str, *spans: tuple[str, str]) -> Example:
+    entities = []
+    for label, mention in spans:
+        start = text.index(mention)
+        entities.append(Entity(label, mention, start, start + len(mention)))
+    return Example(text, sorted(entities, key=lambda e: e.start))
+
+
+EXAMPLES = [
+    _ex("EU rejects German call to boycott British lamb .",
+        ("ORG", "EU"), ("MISC", "German"), ("MISC", "British")),
+    _ex("Peter Blackburn met Japan .", ("PER", "Peter Blackburn"), ("LOC", "Japan")),
+    _ex("BRUSSELS 1996-08-22", ("LOC", "BRUSSELS")),
+]
+# what the scripted model answers: (sentence index, label) -> mentions
+ANSWERS = {
+    (0, "ORG"): ["EU"], (0, "MISC"): ["German", "British"],  # all right: 3 tp
+    (1, "LOC"): ["Japan", "Blackburn"],  # 1 tp, 1 fp; PER missed: 1 fn
+    (2, "LOC"): ["Brussels"],  # not in the text: 1 fp, 1 fn
+}
+
+
+class ScriptedLLM:
+    """Answers count and mention prompts from ``ANSWERS`` via the real tokenizer."""
+
+    def __init__(self, codec: PromptCodec) -> None:
+        self.codec = codec
+
+    def _answer(self, prompt: str) -> str:
+        match = re.match(r"text:\n(.*)\nentity type:\n(.*)\n\n<num>(.*)", prompt, re.S)
+        assert match, prompt
+        index = [e.text for e in EXAMPLES].index(match.group(1))
+        mentions = ANSWERS.get((index, match.group(2)), [])
+        tail = re.search(r"<mention (\d+)>$", match.group(3))
+        if tail is None:
+            return f"{len(mentions)}\n" if mentions else "0"
+        return mentions[int(tail.group(1)) - 1]
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results = []
+        for req in requests:
+            answer = self._answer(self.codec.decode(list(req.prompt_ids)))
+            ids = self.codec.encode(answer)
+            if not answer.endswith("\n"):
+                ids.append(self.codec.end_id)
+            results.append(GenerationResult(ids, [-0.1] * len(ids), "stop"))
+        return results
+
+
+@pytest.fixture(scope="module")
+def extractor() -> Extractor:
+    tokenizer = load_tokenizer("smollm2-135m")
+    codec = PromptCodec(tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return Extractor(ScriptedLLM(codec), codec)
+
+
+def test_evaluate_matches_hand_computed_f1(extractor: Extractor) -> None:
+    result = evaluate_model(extractor, EXAMPLES, LABELS, progress=False)
+    micro = result.report.micro
+    assert (micro.tp, micro.fp, micro.fn) == (4, 2, 2)
+    assert result.report.to_dict()["f1"] == pytest.approx(100 * 2 * (4 / 6) * (4 / 6) / (8 / 6))
+    span = result.report.span_micro  # "Blackburn" grounds inside "Peter Blackburn": still fp
+    assert (span.tp, span.fp, span.fn) == (4, 2, 2)
+    per = result.report.per_label
+    assert (per["LOC"].tp, per["LOC"].fp, per["LOC"].fn) == (1, 2, 1)
+    assert (per["PER"].tp, per["PER"].fp, per["PER"].fn) == (0, 0, 1)
+    assert result.count_accuracy == pytest.approx(10 / 12)  # sentence 2: PER and LOC wrong
+    # 4 count branches per sentence + one branch per predicted mention (3, 2, 1)
+    assert result.mean_sequences_per_sentence == pytest.approx((4 + 3 + 4 + 2 + 4 + 1) / 3)
