@@ -59,6 +59,9 @@ __all__ = ["AsyncNERClient", "ClientState", "NERClient"]
 # Extra seconds the sync client waits for the stream's own DEADLINE_EXCEEDED before giving up.
 _LOCAL_GRACE_S = 5.0
 
+# What ``is_ready`` answers with False instead of raising.
+_NOT_READY_ERRORS = (APIConnectionError, NotFoundError, UnavailableError)
+
 _C = TypeVar("_C", bound="NERClient")
 _A = TypeVar("_A", bound="AsyncNERClient")
 
@@ -139,6 +142,11 @@ class _BaseClient:
             else os.fspath(certificate_chain),
         }
         self._state = ClientState.UNOPENED
+        self._init_transport()
+
+    def _init_transport(self) -> None:
+        """The client's own setup, run at the end of ``__init__`` (the settings are checked)."""
+        raise NotImplementedError
 
     @property
     def url(self) -> str:
@@ -174,6 +182,43 @@ class _BaseClient:
             raise RuntimeError("Cannot open a client instance more than once.")
         self._state = ClientState.OPENED
 
+    def _prepare(
+        self,
+        text: str,
+        *,
+        labels: Sequence[str] | None,
+        max_mentions: int | None,
+        dedup: str | None,
+        timeout: float | None | NotGiven,
+        stream: bool = False,
+    ) -> tuple[list[InferInput], float | None]:
+        """Check one call: the request's inputs and its timeout in seconds."""
+        self._check_open()
+        inputs = build_inputs(
+            text, labels=labels, max_mentions=max_mentions, dedup=dedup, stream=stream
+        )
+        return inputs, self._resolve_timeout(timeout)
+
+    def _prepare_many(
+        self,
+        texts: Iterable[str],
+        *,
+        concurrency: int,
+        labels: Sequence[str] | None,
+        max_mentions: int | None,
+        dedup: str | None,
+        timeout: float | None | NotGiven,
+    ) -> tuple[list[list[InferInput]], int, float | None]:
+        """Check an ``extract_many`` call: the requests, the concurrency and the timeout."""
+        self._check_open()
+        texts = _check_texts(texts)
+        concurrency = _check_concurrency(concurrency)
+        seconds = self._resolve_timeout(timeout)
+        requests = [
+            build_inputs(t, labels=labels, max_mentions=max_mentions, dedup=dedup) for t in texts
+        ]
+        return requests, concurrency, seconds
+
     @staticmethod
     def _request_id() -> str:
         return uuid.uuid4().hex
@@ -202,28 +247,7 @@ class NERClient(_BaseClient):
     a small pool of them (one per call in flight; ``extract_many`` uses up to ``concurrency``).
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        model_name: str = DEFAULT_MODEL_NAME,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        ssl: bool = False,
-        root_certificates: str | os.PathLike[str] | None = None,
-        private_key: str | os.PathLike[str] | None = None,
-        certificate_chain: str | os.PathLike[str] | None = None,
-        verbose: bool = False,
-    ) -> None:
-        super().__init__(
-            url,
-            model_name=model_name,
-            timeout=timeout,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            verbose=verbose,
-        )
+    def _init_transport(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[triton_grpc.InferenceServerClient] = []
         self._idle.append(self._new_triton_client())  # bad settings fail here, not later
@@ -284,7 +308,7 @@ class NERClient(_BaseClient):
                     return bool(client.is_server_live(client_timeout=seconds)) and bool(
                         client.is_model_ready(self._model_name, client_timeout=seconds)
                     )
-            except (APIConnectionError, NotFoundError, UnavailableError):
+            except _NOT_READY_ERRORS:
                 return False
 
     def extract(
@@ -297,9 +321,10 @@ class NERClient(_BaseClient):
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> list[Entity]:
         """The entities of ``text`` (all labels, or only ``labels``)."""
-        self._check_open()
-        inputs = build_inputs(text, labels=labels, max_mentions=max_mentions, dedup=dedup)
-        return self._collect(inputs, self._resolve_timeout(timeout))
+        inputs, seconds = self._prepare(
+            text, labels=labels, max_mentions=max_mentions, dedup=dedup, timeout=timeout
+        )
+        return self._collect(inputs, seconds)
 
     def extract_many(
         self,
@@ -315,13 +340,14 @@ class NERClient(_BaseClient):
 
         ``timeout`` applies to each text. The first error is raised and cancels the rest.
         """
-        self._check_open()
-        texts = _check_texts(texts)
-        concurrency = _check_concurrency(concurrency)
-        seconds = self._resolve_timeout(timeout)
-        requests = [
-            build_inputs(t, labels=labels, max_mentions=max_mentions, dedup=dedup) for t in texts
-        ]
+        requests, concurrency, seconds = self._prepare_many(
+            texts,
+            concurrency=concurrency,
+            labels=labels,
+            max_mentions=max_mentions,
+            dedup=dedup,
+            timeout=timeout,
+        )
         if not requests:
             return []
         workers = min(concurrency, len(requests))
@@ -348,11 +374,15 @@ class NERClient(_BaseClient):
         Arguments are checked now; the request is sent when iteration starts. Leaving the
         loop early cancels the request.
         """
-        self._check_open()
-        inputs = build_inputs(
-            text, labels=labels, max_mentions=max_mentions, dedup=dedup, stream=True
+        inputs, seconds = self._prepare(
+            text,
+            labels=labels,
+            max_mentions=max_mentions,
+            dedup=dedup,
+            timeout=timeout,
+            stream=True,
         )
-        return self._label_results(inputs, self._resolve_timeout(timeout))
+        return self._label_results(inputs, seconds)
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -421,28 +451,7 @@ class NERClient(_BaseClient):
 class AsyncNERClient(_BaseClient):
     """Asyncio client (``tritonclient.grpc.aio``); each call is its own gRPC stream."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        model_name: str = DEFAULT_MODEL_NAME,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        ssl: bool = False,
-        root_certificates: str | os.PathLike[str] | None = None,
-        private_key: str | os.PathLike[str] | None = None,
-        certificate_chain: str | os.PathLike[str] | None = None,
-        verbose: bool = False,
-    ) -> None:
-        super().__init__(
-            url,
-            model_name=model_name,
-            timeout=timeout,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            verbose=verbose,
-        )
+    def _init_transport(self) -> None:
         # Created on first use, inside the running event loop that grpc.aio binds it to.
         self._client: triton_aio.InferenceServerClient | None = None
 
@@ -486,7 +495,7 @@ class AsyncNERClient(_BaseClient):
                 return bool(await client.is_server_live(client_timeout=seconds)) and bool(
                     await client.is_model_ready(self._model_name, client_timeout=seconds)
                 )
-        except (APIConnectionError, NotFoundError, UnavailableError):
+        except _NOT_READY_ERRORS:
             return False
 
     async def extract(
@@ -499,9 +508,10 @@ class AsyncNERClient(_BaseClient):
         timeout: float | None | NotGiven = NOT_GIVEN,
     ) -> list[Entity]:
         """The entities of ``text`` (all labels, or only ``labels``)."""
-        self._check_open()
-        inputs = build_inputs(text, labels=labels, max_mentions=max_mentions, dedup=dedup)
-        return await self._collect(inputs, self._resolve_timeout(timeout))
+        inputs, seconds = self._prepare(
+            text, labels=labels, max_mentions=max_mentions, dedup=dedup, timeout=timeout
+        )
+        return await self._collect(inputs, seconds)
 
     async def extract_many(
         self,
@@ -517,13 +527,14 @@ class AsyncNERClient(_BaseClient):
 
         ``timeout`` applies to each text. The first error is raised and cancels the rest.
         """
-        self._check_open()
-        texts = _check_texts(texts)
-        concurrency = _check_concurrency(concurrency)
-        seconds = self._resolve_timeout(timeout)
-        requests = [
-            build_inputs(t, labels=labels, max_mentions=max_mentions, dedup=dedup) for t in texts
-        ]
+        requests, concurrency, seconds = self._prepare_many(
+            texts,
+            concurrency=concurrency,
+            labels=labels,
+            max_mentions=max_mentions,
+            dedup=dedup,
+            timeout=timeout,
+        )
         semaphore = asyncio.Semaphore(concurrency)
 
         async def one(inputs: list[InferInput]) -> list[Entity]:
@@ -553,11 +564,15 @@ class AsyncNERClient(_BaseClient):
         Arguments are checked now; the request is sent when iteration starts. Leaving the
         loop early cancels the request.
         """
-        self._check_open()
-        inputs = build_inputs(
-            text, labels=labels, max_mentions=max_mentions, dedup=dedup, stream=True
+        inputs, seconds = self._prepare(
+            text,
+            labels=labels,
+            max_mentions=max_mentions,
+            dedup=dedup,
+            timeout=timeout,
+            stream=True,
         )
-        return self._label_results(inputs, self._resolve_timeout(timeout))
+        return self._label_results(inputs, seconds)
 
     # -- the stream ------------------------------------------------------------------------
 
