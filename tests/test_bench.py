@@ -14,6 +14,7 @@ from padellm_ner.cli import main
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.llm import GenerationRequest, GenerationResult
 from padellm_ner.types import Entity, Example
+from tests.model_cache import make_tiny_llama
 
 torch.set_num_threads(1)
 
@@ -23,28 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 random LlamaForCausalLM with the real SmolLM2 tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from padellm_ner.models import load_tokenizer
-
-    tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _table_rows(markdown: str) -> list[list[str]]:

@@ -22,6 +22,7 @@ from padellm_ner.train.dataset import (  # noqa: E402
 )
 from padellm_ner.train.trainer import TrainConfig, Trainer, latest_checkpoint, lr_factor  # noqa: E402
 from padellm_ner.types import Entity, Example  # noqa: E402
+from tests.model_cache import make_tiny_llama  # noqa: E402
 
 _SENTENCES = [
     (
@@ -69,32 +70,16 @@ def examples() -> list[Example]:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama saved with the real SmolLM2 tokenizer (end token id 2)."""
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from padellm_ner.models import load_tokenizer
-
-    tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    return make_tiny_llama(
+        tmp_path_factory.mktemp("tiny-base"),
         max_position_embeddings=512,
         tie_word_embeddings=True,
         initializer_range=0.3,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
+        generation_config={"eos_token_id": 2, "pad_token_id": 2},
     )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=2, pad_token_id=2)
-    out = tmp_path_factory.mktemp("tiny-base")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
