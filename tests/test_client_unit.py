@@ -17,8 +17,11 @@ from concurrent import futures
 
 import grpc
 import numpy as np
-import padellm_client
 import pytest
+from tritonclient.grpc import InferInput, InferResult, service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
+
+import padellm_client
 from padellm_client import (
     NOT_GIVEN,
     APIConnectionError,
@@ -43,8 +46,6 @@ from padellm_client._wire import (
     is_empty_response,
     is_final_response,
 )
-from tritonclient.grpc import InferInput, InferResult, service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 # -- helpers --------------------------------------------------------------------------------
 

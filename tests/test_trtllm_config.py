@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
 from padellm_build.assemble import assemble_repository
 from padellm_build.fill_template import fill, placeholders
 from padellm_build.make_perf_input import perf_input, pick_sentences
 from padellm_build.trtllm import PROFILES, get_profile
 from padellm_build.trtllm.engine_build import EngineBuildError, main
 from padellm_build.trtllm.profiles import MAX_MENTION_TOKENS, MAX_PROMPT_SUFFIX_TOKENS
-from tritonclient.grpc import model_config_pb2
-
 from padellm_ner.plan import PlanConfig
 from padellm_ner.types import Entity, Example
 
