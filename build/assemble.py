@@ -46,6 +46,23 @@ def model_labels(model: str) -> tuple[list[str] | None, str | None]:
     return data.get("labels"), data.get("lang")
 
 
+def portable_model(model: str, check: bool = True) -> str:
+    """A model folder as an absolute path (tritonserver runs the models from another directory).
+
+    Names (``default``, ``smollm2-135m``) pass through. With ``check``, anything else must be a
+    model folder here, else ``ModelNotFoundError`` says so now rather than after the server
+    failed to load; without it (a repository assembled for another host) the path is kept.
+    """
+    from padellm_ner.models import BASE_MODELS, DEFAULT_MODEL, resolve_model_dir
+
+    if model == DEFAULT_MODEL or model in BASE_MODELS:
+        return model
+    if not check:
+        path = Path(model).expanduser()
+        return str(path.resolve()) if path.exists() else model
+    return str(resolve_model_dir(model).resolve())
+
+
 def _copy_model(name: str, out: Path, values: Mapping[str, object], template_dir: Path) -> None:
     source = template_dir / name
     if not source.is_dir():
@@ -78,6 +95,7 @@ def assemble_repository(
     tokenizer_dir: str | None = None,
     template_dir: str | Path = TEMPLATE_DIR,
     overwrite: bool = False,
+    check_model: bool = True,
 ) -> Path:
     """Write ``out_dir/{padellm,llm|tensorrt_llm}`` with filled configs.
 
@@ -86,12 +104,15 @@ def assemble_repository(
         labels: default labels; ``None`` takes the model's recorded labels, else CoNLL's.
         llm_backend: ``python`` (the torch ``llm`` model) or ``tensorrtllm``.
         engine_dir: the TensorRT-LLM engine (``gpt_model_path``) for ``tensorrtllm``.
+        check_model: require ``model`` to be a known name or a model folder on this machine.
 
     Returns:
         The repository folder.
     """
     out = Path(out_dir)
     template_dir = Path(template_dir)
+    model = portable_model(model, check_model)
+    engine_dir = str(Path(engine_dir).expanduser().resolve()) if engine_dir else engine_dir
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite)")
@@ -148,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-mention-tokens", type=int)
     parser.add_argument("--engine-dir", help="TensorRT-LLM engine folder (tensorrtllm)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--no-check-model", action="store_true",
+        help="keep --model as given even if it is not a folder here (deploying to another host)",
+    )
     args = parser.parse_args(argv)
     out = assemble_repository(
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
         engine_dir=args.engine_dir, overwrite=args.overwrite,
+        check_model=not args.no_check_model,
     )
     print(out)
     return 0

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from padellm_ner.errors import PadellmError
+
 __all__ = [
     "BASE_MODELS",
     "DEFAULT_MODEL",
@@ -31,7 +33,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(PadellmError, FileNotFoundError):
     """A model name or path could not be resolved to a loadable folder."""
 
 

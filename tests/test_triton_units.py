@@ -52,16 +52,33 @@ def test_fill_cli(tmp_path, capsys):
     assert fill_main([str(path), "nam:x"]) == 2
 
 
+def test_assemble_makes_model_folders_absolute_and_rejects_missing_ones(tmp_path, monkeypatch):
+    from padellm_build.assemble import assemble_repository
+
+    from padellm_ner.models import ModelNotFoundError
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)  # NOTE: tritonserver runs model.py elsewhere: "m" must not stay relative
+    repo = assemble_repository(tmp_path / "r", "m", ["A"])
+    assert f'string_value: "{tmp_path / "m"}"' in (repo / "llm" / "config.pbtxt").read_text()
+    with pytest.raises(ModelNotFoundError, match="neither a known name"):
+        assemble_repository(tmp_path / "r2", "no-such-model", ["A"])
+    assert not (tmp_path / "r2").exists()
+
+
 def test_assemble_python_repository(tmp_path):
     from padellm_build.assemble import assemble_repository
 
-    repo = assemble_repository(tmp_path / "r", "/nonexistent-model", ["A", 'B"x'], max_mention_tokens=5)
+    repo = assemble_repository(
+        tmp_path / "r", "/nonexistent-model", ["A", 'B"x'], max_mention_tokens=5, check_model=False
+    )
     padellm = (repo / "padellm" / "config.pbtxt").read_text()
     assert '"[\\"A\\", \\"B\\\\\\"x\\"]"' in padellm  # JSON, escaped for pbtxt
     assert '"llm"' in padellm and "${" not in padellm and 'key: "max_concurrency"' not in padellm
     assert (repo / "llm" / "1" / "model.py").exists() and "${" not in (repo / "llm" / "config.pbtxt").read_text()
     with pytest.raises(FileExistsError):
-        assemble_repository(repo, "/nonexistent-model")
+        assemble_repository(repo, "/nonexistent-model", check_model=False)
 
 
 # -- validation ------------------------------------------------------------------------
