@@ -73,6 +73,14 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
         help="merge each sentence's sequences into one prefix tree (same loss, fewer tokens)",
     )
     p.add_argument("--row-tokens", type=int, default=256, help="packing row length")
+    p.add_argument(
+        "--init-adapter",
+        default=None,
+        help="LoRA adapter folder to continue training (warm start; new schedule and data)",
+    )
+    p.add_argument(
+        "--skip", type=int, default=0, help="skip the first N training sentences of each dataset"
+    )
 
 
 def _read_labels_file(path: str) -> dict[str, str]:
@@ -245,6 +253,9 @@ def run_train(args: argparse.Namespace) -> int:
     for spec in specs:
         examples = load_split(spec.name, "train")
         num_available[spec.name] = len(examples)
+        skip = int(getattr(args, "skip", 0) or 0)
+        if skip:
+            examples = examples[skip:]
         if args.limit is not None:
             examples = examples[: args.limit]  # NOTE: per dataset: the first N sentences of each
         num_sentences[spec.name] = len(examples)
@@ -258,6 +269,7 @@ def run_train(args: argparse.Namespace) -> int:
         lora=args.lora,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
+        init_adapter=getattr(args, "init_adapter", None),
         epochs=args.epochs,
         max_steps=args.max_steps,
         batch_tokens=args.batch_tokens,
@@ -313,6 +325,8 @@ def run_train(args: argparse.Namespace) -> int:
             "packed_tokens": sum(len(u) for u in seqs),
             "packed": pack,
             "seed": args.seed,
+            "skip": int(getattr(args, "skip", 0) or 0),
+            "init_adapter": getattr(args, "init_adapter", None),
         },
     }
     out.mkdir(parents=True, exist_ok=True)

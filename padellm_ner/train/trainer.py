@@ -51,6 +51,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    init_adapter: str | None = None  # warm start: continue training this LoRA adapter folder
     epochs: float = 1.0
     max_steps: int | None = None
     batch_tokens: int = 4096  # padded tokens per optimizer step
@@ -149,7 +150,12 @@ class Trainer:
             self.base_dir, dtype=torch.float32, attn_implementation="sdpa"
         )
         model.config.use_cache = False
-        if self.config.lora:
+        if self.config.lora and self.config.init_adapter:
+            from peft import PeftModel
+
+            # NOTE: rank/alpha/targets come from the adapter's own config, not from the options.
+            model = PeftModel.from_pretrained(model, self.config.init_adapter, is_trainable=True)
+        elif self.config.lora:
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(
