@@ -54,7 +54,6 @@ def test_fill_cli(tmp_path, capsys):
 
 def test_assemble_makes_model_folders_absolute_and_rejects_missing_ones(tmp_path, monkeypatch):
     from padellm_build.assemble import assemble_repository
-
     from padellm_ner.models import ModelNotFoundError
 
     (tmp_path / "m").mkdir()
