@@ -91,6 +91,8 @@ def assemble_repository(
     max_mention_tokens: int | None = None,
     max_concurrency: int | None = None,
     max_llm_inflight: int | None = None,
+    method: str | None = None,
+    max_new_tokens: int | None = None,
     engine_dir: str | None = None,
     tokenizer_dir: str | None = None,
     template_dir: str | Path = TEMPLATE_DIR,
@@ -104,6 +106,8 @@ def assemble_repository(
         labels: default labels; ``None`` takes the model's recorded labels, else CoNLL's.
         llm_backend: ``python`` (the torch ``llm`` model) or ``tensorrtllm``.
         engine_dir: the TensorRT-LLM engine (``gpt_model_path``) for ``tensorrtllm``.
+        method: override the method recorded with the model (``padellm`` or a baseline).
+        max_new_tokens: a baseline sequence's token limit (default 160).
         check_model: require ``model`` to be a known name or a model folder on this machine.
 
     Returns:
@@ -150,6 +154,8 @@ def assemble_repository(
         "max_mention_tokens": max_mention_tokens,
         "max_concurrency": max_concurrency,
         "max_llm_inflight": max_llm_inflight,
+        "method": method,
+        "max_new_tokens": max_new_tokens,
         "python_site_packages": site_packages,
     }, template_dir)
     logger.info("assembled %s (labels %s, llm %s)", out, labels, llm_name)

@@ -21,6 +21,7 @@ from padellm_ensemble.validation import (
     UpstreamError,
     parse_request,
 )
+from padellm_ner.baseline_plan import BaselinePlan, arun_baseline
 from padellm_ner.codec import PromptCodec
 from padellm_ner.llm import AsyncLLM
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, arun_plan
@@ -75,6 +76,9 @@ class OrchestratorConfig:
         max_concurrency: LLM requests in flight per extraction (the fan-out bound).
         plan: decoding bounds (max_mentions is the default and the upper limit).
         cancel_poll_s: how often a running request checks for client cancellation.
+        method: ``padellm``, or a baseline (``ar_struct``, ``ar_aug``, ``onestep``) served
+            the same way for comparison (``bench load``).
+        max_new_tokens: a baseline sequence's token limit.
     """
 
     labels: tuple[str, ...]
@@ -83,6 +87,8 @@ class OrchestratorConfig:
     max_concurrency: int = 64
     plan: PlanConfig = PlanConfig()
     cancel_poll_s: float = 0.05
+    method: str = "padellm"
+    max_new_tokens: int = 160
 
 
 def entity_tensors(label: str, entities: Sequence[Entity]) -> dict[str, np.ndarray]:
@@ -148,6 +154,9 @@ class Orchestrator:
             self._send_error(sink, UpstreamError(f"extraction failed: {exc}", ErrorCode.INTERNAL))
 
     async def _extract(self, request: NERRequest, sink: ResponseSink) -> None:
+        if self.config.method != "padellm":
+            await self._extract_baseline(request, sink)
+            return
         config = self.config.plan
         plan = PaDeLLMPlan(
             request.text,
@@ -176,6 +185,24 @@ class Orchestrator:
         else:
             entities = await arun_plan(plan, self.llm, self.config.max_concurrency)
             sink.send(entity_tensors("", entities), final=True)
+
+    async def _extract_baseline(self, request: NERRequest, sink: ResponseSink) -> None:
+        """A baseline decodes all labels together: streaming sends them one by one at the end."""
+        plan = BaselinePlan(
+            self.config.method,
+            request.text,
+            {label: label for label in request.labels},
+            self.codec,
+            self.config.lang,
+            self.config.max_new_tokens,
+        )
+        entities = await arun_baseline(plan, self.llm)
+        if not request.stream:
+            sink.send(entity_tensors("", entities), final=True)
+            return
+        for i, label in enumerate(plan.labels):
+            mine = [e for e in entities if e.label == label]
+            sink.send(entity_tensors(label, mine), final=i == len(plan.labels) - 1)
 
     @staticmethod
     def _send_error(sink: ResponseSink, exc: PadellmServingError) -> None:
@@ -208,6 +235,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
     import json
 
     from padellm_ensemble.llm_client import BLSAsyncLLM
+    from padellm_ner.extraction import read_model_info
     from padellm_ner.models import end_token_id, load_tokenizer, resolve_model_dir
 
     def get(key: str, default: str) -> str:
@@ -227,7 +255,11 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         max_count_tokens=int(get("max_count_tokens", "4")),
         max_mention_tokens=int(get("max_mention_tokens", "24")),
     )
+    # NOTE: the method the model was trained for (padellm.json), unless the config overrides it.
+    method = get("method", "") or read_model_info(resolve_model_dir(model)).format
     config = OrchestratorConfig(
+        method=method,
+        max_new_tokens=int(get("max_new_tokens", "160")),
         labels=labels,
         lang=get("lang", "en"),
         max_text_chars=int(get("max_text_chars", "2000")),
@@ -241,5 +273,8 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         batch_dim=_flag(params.get("llm_batch_dim"), False),
         max_inflight=int(get("max_llm_inflight", "32")),
     )
-    logger.info("padellm orchestrator: model %s, labels %s, llm %s", model, labels, llm.model_name)
+    logger.info(
+        "padellm orchestrator: model %s, method %s, labels %s, llm %s",
+        model, method, labels, llm.model_name,
+    )  # fmt: skip
     return Orchestrator(config, codec, llm)

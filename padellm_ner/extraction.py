@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from padellm_ner.baseline_plan import BaselinePlan, run_baseline
 from padellm_ner.codec import PromptCodec
 from padellm_ner.engine import TorchLLM
 from padellm_ner.errors import InvalidInputError
-from padellm_ner.grounding import ground_mentions
-from padellm_ner.llm import LLM, GenerationRequest
+from padellm_ner.llm import LLM
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, run_plan
-from padellm_ner.prompts import get_format
 from padellm_ner.types import Entity
 
 __all__ = ["ModelInfo", "ExtractionOutput", "Extractor", "read_model_info", "detect_lang"]
@@ -152,34 +150,14 @@ class Extractor:
         return output
 
     def _baseline(self, text: str, labels: list[str], lang: str) -> ExtractionOutput:
-        from padellm_ner.prompts.base import Completion
-
-        fmt = get_format(self.method, lang, self._words(labels))
-        prompts = fmt.prompts(text, labels)
-        requests = [
-            GenerationRequest(
-                tuple(self.codec.encode(prompt)), self.max_new_tokens, (self.codec.end_id,)
-            )
-            for _label, prompt in prompts
-        ]
-        results = self.llm.generate(requests)
-        completions = [
-            Completion(label, self.codec.decode(self.codec.strip_stop(r.token_ids)))
-            for (label, _prompt), r in zip(prompts, results)
-        ]
-        pairs = fmt.parse(text, completions)
-        score = math.exp(sum(sum(r.log_probs) for r in results))
-        entities: list[Entity] = []
-        for label in dict.fromkeys(tag for tag, _ in pairs):
-            mentions = [m for tag, m in pairs if tag == label]
-            for mention, span in zip(mentions, ground_mentions(text, mentions)):
-                start, end = span if span else (None, None)
-                entities.append(Entity(label, mention, start, end, score))
-        entities.sort(key=lambda e: (e.start is None, e.start or 0, e.end or 0, e.label))
-        steps = [r.num_steps for r in results]
+        plan = BaselinePlan(
+            self.method, text, self._words(labels), self.codec, lang, self.max_new_tokens
+        )
+        entities = run_baseline(plan, self.llm)
+        steps = plan.steps
         return ExtractionOutput(
             entities=entities,
-            num_sequences=len(results),
+            num_sequences=len(steps),
             num_generated_tokens=sum(steps),
             critical_path_steps=max(steps, default=0),
             critical_path_steps_batch=max(steps, default=0),

@@ -270,3 +270,58 @@ def test_orchestrator_stops_when_cancelled():
     sink = _Sink(cancelled=True)
     asyncio.run(asyncio.wait_for(orch.handle({"TEXT": np.array([b"P"], dtype=object)}.get, sink), 5))
     assert sink.sent == [(None, None, True)]
+
+
+@pytest.mark.parametrize("method", ["ar_struct", "ar_aug", "onestep"])
+def test_orchestrator_serves_a_baseline_like_the_extractor(method):
+    """A baseline model is served through the same orchestrator (for ``bench load``).
+
+    The LLM is a scripted stand-in answering with the format's own gold rendering, encoded
+    by the real SmolLM2 tokenizer; the in-process Extractor gets the same answers.
+    """
+    from padellm_ner.codec import PromptCodec
+    from padellm_ner.extraction import Extractor, ModelInfo
+    from padellm_ner.models import load_tokenizer
+    from padellm_ner.prompts import get_format
+    from padellm_ner.types import Entity, Example
+
+    text = "Peter Blackburn met Japan in Japan ."
+    gold = Example(text, [Entity("PER", "Peter Blackburn", 0, 15), Entity("LOC", "Japan", 20, 25),
+                          Entity("LOC", "Japan", 29, 34)])  # fmt: skip
+    labels = ["LOC", "PER", "ORG"]
+    fmt = get_format(method, "en", {label: label for label in labels})
+    targets = {p.prompt: p.target for p in fmt.render(gold, labels)}
+    tokenizer = load_tokenizer("smollm2-135m")
+    codec = PromptCodec(tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+
+    def answer(request):
+        ids = [*codec.encode(targets[codec.decode(list(request.prompt_ids))]), codec.end_id]
+        return GenerationResult(ids, [-0.01] * len(ids), "stop")
+
+    class _Scripted:
+        def generate(self, requests):
+            return [answer(r) for r in requests]
+
+        async def agenerate(self, request):
+            await asyncio.sleep(0)
+            return answer(request)
+
+    config = OrchestratorConfig(labels=tuple(labels), method=method)
+    orch = Orchestrator(config, codec, _Scripted())
+    sink = _Sink()
+    asyncio.run(orch.handle({"TEXT": np.array([text.encode()], dtype=object)}.get, sink))
+    ((outputs, error, final),) = sink.sent
+    assert error is None and final
+    served = list(zip(outputs["ENTITY_LABELS"].tolist(), outputs["ENTITY_TEXTS"].tolist(),
+                      outputs["ENTITY_STARTS"].tolist(), outputs["ENTITY_ENDS"].tolist()))  # fmt: skip
+    assert served == [(b"PER", b"Peter Blackburn", 0, 15), (b"LOC", b"Japan", 20, 25), (b"LOC", b"Japan", 29, 34)]
+
+    local = Extractor(_Scripted(), codec, ModelInfo(format=method, tags=labels)).extract(text)
+    assert [(e.label.encode(), e.text.encode(), e.start, e.end) for e in local.entities] == served
+
+    sink = _Sink()
+    stream = {"TEXT": np.array([text.encode()], dtype=object), "STREAM": np.array([True])}
+    asyncio.run(orch.handle(stream.get, sink))
+    assert [o["LABEL"][0] for o, _, _ in sink.sent] == [b"LOC", b"PER", b"ORG"]
+    assert [f for *_, f in sink.sent] == [False, False, True]
+    assert sum(len(o["ENTITY_TEXTS"]) for o, _, _ in sink.sent) == 3

@@ -1,0 +1,100 @@
+"""The baselines' decoding, written once: prompts -> one pass of sequences -> entities.
+
+AutoReg_Aug and AutoReg_Struct decode one sequence per sentence; OneStep one per label,
+all at once. The in-process ``Extractor`` and the Triton orchestrator both go through
+``BaselinePlan``, so a served AutoReg_Struct model answers like the in-process one and
+``bench load`` compares PaDeLLM with a baseline served the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+
+from padellm_ner.codec import PromptCodec
+from padellm_ner.grounding import ground_mentions
+from padellm_ner.llm import LLM, AsyncLLM, GenerationRequest, GenerationResult
+from padellm_ner.prompts import get_format
+from padellm_ner.prompts.base import Completion
+from padellm_ner.types import Entity
+
+__all__ = ["BaselinePlan", "run_baseline", "arun_baseline"]
+
+
+class BaselinePlan:
+    """One sentence under a baseline format.
+
+    Args:
+        method: ``ar_aug``, ``ar_struct`` or ``onestep``.
+        label_words: ``{label: prompt word}`` of the labels asked for (in order); entities
+            come back under the keys.
+        max_new_tokens: token limit of each sequence.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        text: str,
+        label_words: dict[str, str],
+        codec: PromptCodec,
+        lang: str = "en",
+        max_new_tokens: int = 160,
+    ) -> None:
+        self.text = text
+        self.labels = list(label_words)
+        self.codec = codec
+        self.format = get_format(method, lang, label_words)
+        self.prompts = self.format.prompts(text, self.labels)
+        self.max_new_tokens = max_new_tokens
+        self.results: list[GenerationResult] = []
+
+    def requests(self) -> list[GenerationRequest]:
+        """Every sequence of the sentence (decoded together: none depends on another)."""
+        return [
+            GenerationRequest(
+                tuple(self.codec.encode(prompt)), self.max_new_tokens, (self.codec.end_id,)
+            )
+            for _label, prompt in self.prompts
+        ]
+
+    def accept(self, results: Sequence[GenerationResult]) -> list[Entity]:
+        """Parse the completions into entities with offsets, ordered by position."""
+        self.results = list(results)
+        completions = [
+            Completion(label, self.codec.decode(self.codec.strip_stop(r.token_ids)))
+            for (label, _prompt), r in zip(self.prompts, results)
+        ]
+        pairs = self.format.parse(self.text, completions)
+        # NOTE: one sequence-level probability for every entity (no per-mention split).
+        score = math.exp(sum(sum(r.log_probs) for r in results))
+        entities: list[Entity] = []
+        for label in dict.fromkeys(tag for tag, _ in pairs):
+            mentions = [m for tag, m in pairs if tag == label]
+            for mention, span in zip(mentions, ground_mentions(self.text, mentions)):
+                start, end = span if span else (None, None)
+                entities.append(Entity(label, mention, start, end, score))
+        entities.sort(key=lambda e: (e.start is None, e.start or 0, e.end or 0, e.label))
+        return entities
+
+    @property
+    def steps(self) -> list[int]:
+        return [r.num_steps for r in self.results]
+
+
+def run_baseline(plan: BaselinePlan, llm: LLM) -> list[Entity]:
+    """Decode every sequence in one batch (in-process)."""
+    return plan.accept(llm.generate(plan.requests()))
+
+
+async def arun_baseline(plan: BaselinePlan, llm: AsyncLLM) -> list[Entity]:
+    """Send every sequence at once to an ``AsyncLLM`` (the Triton orchestrator)."""
+    tasks = [asyncio.ensure_future(llm.agenerate(r)) for r in plan.requests()]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()  # NOTE: BLSAsyncLLM sends stop=True for a cancelled request
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return plan.accept(results)
