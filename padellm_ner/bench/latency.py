@@ -532,6 +532,13 @@ def run_latency_cli(args: Any) -> int:
     served, client = (None, None)
     if args.server:
         served, client = _served_extract(args.server, info.labels)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(examples), desc="bench latency", unit="sentence", mininterval=5)
+
+    def progress(i: int, n: int) -> None:
+        bar.update(i - bar.n)
+
     try:
         result = run_latency(
             extractors,
@@ -540,9 +547,10 @@ def run_latency_cli(args: Any) -> int:
             info.lang,
             served=served,
             num_warmup=getattr(args, "warmup", 1),
-            progress=lambda i, n: logger.info("sentence %d/%d", i, n),
+            progress=progress,
         )
     finally:
+        bar.close()
         if client is not None:
             client.close()
     rows = summarize(result)
