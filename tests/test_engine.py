@@ -33,9 +33,14 @@ def _requests(max_new_tokens: int = 10) -> list[GenerationRequest]:
     return reqs
 
 
-def _fresh_core(max_batch_size: int = 64) -> EngineCore:
+def _fresh_core(max_batch_size: int = 64, min_shared_prefix: int = 16) -> EngineCore:
     shared = smollm2_core()
-    core = EngineCore(shared.runner.model, max_batch_size, pad_id=smollm2_codec().end_id)
+    core = EngineCore(
+        shared.runner.model,
+        max_batch_size,
+        pad_id=smollm2_codec().end_id,
+        min_shared_prefix=min_shared_prefix,
+    )
     core.loaded = shared.loaded
     return core
 
@@ -69,7 +74,7 @@ def test_finished_rows_stop_consuming_steps() -> None:
     # every row-step of every forward produced a token somebody kept: no wasted rows
     assert stats.num_tokens_decoded + stats.num_tokens_prefilled == sum(lengths)
     assert stats.num_decode_steps == max(lengths) - 1
-    assert stats.num_prefill_forwards == 1
+    assert stats.num_prefill_steps == 1
 
 
 def test_requests_join_a_running_batch() -> None:
@@ -89,7 +94,7 @@ def test_requests_join_a_running_batch() -> None:
         got.setdefault(out.req_id, []).append(out.token_id)
     ids = [f"a{i}" for i in range(4)] + [f"b{i}" for i in range(4)]
     assert [got[i] for i in ids] == [r.token_ids for r in expected]
-    assert core.stats.num_prefill_forwards == 2
+    assert core.stats.num_prefill_steps == 2
     assert core.stats.max_batch_size == 8
 
 
@@ -108,3 +113,34 @@ def test_max_batch_size_queues_the_rest_and_abort_frees_a_row() -> None:
             seen[out.req_id] = seen.get(out.req_id, 0) + 1
             assert core.runner.num_rows <= 2
     assert "0" not in seen and set(seen) == {"1", "2", "3", "4"}
+
+
+def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> None:
+    reqs = _requests()
+    shared_core, plain_core = _fresh_core(), _fresh_core(min_shared_prefix=0)
+    shared = TorchLLM(shared_core).generate(reqs)
+    plain = TorchLLM(plain_core).generate(reqs)
+    assert [r.token_ids for r in shared] == [r.token_ids for r in plain]
+    for a, b in zip(shared, plain):
+        assert torch.allclose(torch.tensor(a.log_probs), torch.tensor(b.log_probs), atol=1e-4)
+    # a group per sentence long enough to share 16 tokens: its prefix forward plus its
+    # tails' forward; the rest share one plain forward
+    from padellm_ner.engine.runner import prefix_groups
+
+    groups = prefix_groups([r.prompt_ids for r in reqs], 16)
+    assert sum(shared > 0 for _, shared in groups) >= 2
+    assert shared_core.stats.num_prefill_forwards == sum(1 + (shared > 0) for _, shared in groups)
+    assert plain_core.stats.num_prefill_forwards == 1
+    assert plain_core.stats.num_prompt_tokens_shared == 0
+    # every prompt of a sentence shares the instruction and the sentence
+    assert shared_core.stats.num_prompt_tokens_shared > 0.6 * shared_core.stats.num_prompt_tokens
+
+
+def test_prefix_groups() -> None:
+    from padellm_ner.engine.runner import prefix_groups
+
+    a, b = (1, 2, 3, 4, 5), (1, 2, 3, 4, 6, 7)
+    assert prefix_groups([a, (9, 9), b], 3) == [([0, 2], 4), ([1], 0)]
+    assert prefix_groups([a, a], 3) == [([0, 1], 4)]  # each row keeps one token of its own
+    assert prefix_groups([a, b], 5) == [([0, 1], 0)]
+    assert prefix_groups([a, b], 0) == [([0, 1], 0)]

@@ -58,8 +58,9 @@ class EngineCore:
         pad_id: int = 0,
         max_model_len: int | None = None,
         scheduler: SchedulerInterface | None = None,
+        min_shared_prefix: int = 16,
     ) -> None:
-        self.runner = ModelRunner(model, pad_id=pad_id)
+        self.runner = ModelRunner(model, pad_id=pad_id, min_shared_prefix=min_shared_prefix)
         self.scheduler = scheduler or FcfsScheduler(max_batch_size)
         self.max_model_len = max_model_len or getattr(
             model.config, "max_position_embeddings", None

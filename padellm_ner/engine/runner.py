@@ -5,12 +5,18 @@ sits in the last cache column, older columns are masked per row. A row that fini
 dropped (``index_select``) before the next forward, so finished rows cost nothing; new
 rows are prefilled in one forward of their own and merged in by left-padding the
 shorter of the two caches.
+
+New rows whose prompts share a long prefix (PaDeLLM: every count and mention prompt of a
+sentence starts with the instruction and the sentence) prefill that prefix once and only
+their own tails per row, like TensorRT-LLM's KV-cache block reuse within one batch. The
+tails are left-padded after the prefix, so a row may hold masked columns in the middle.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +39,11 @@ class EngineStats:
     num_decode_steps: int = 0  # decode forwards (one per step with running rows)
     num_tokens_decoded: int = 0  # rows x decode forwards: every decode row-step
     num_tokens_prefilled: int = 0  # first tokens, sampled from prefill logits
+    num_prefill_steps: int = 0  # engine steps that admitted new rows
+    num_prompt_tokens: int = 0  # prompt tokens of admitted rows
+    num_prompt_tokens_shared: int = 0  # of those, served by a prefix computed once per group
+    num_prompt_tokens_cached: int = 0  # prefix tokens found in the prefix cache (no forward)
+    num_prefix_cache_hits: int = 0
     sum_batch_size: int = 0  # rows per decode forward, summed
     max_batch_size: int = 0
 
@@ -43,8 +54,23 @@ class EngineStats:
 class ModelRunner:
     """Holds tensors; the scheduler decides, the engine connects the two."""
 
-    def __init__(self, model: torch.nn.Module, pad_id: int = 0) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pad_id: int = 0,
+        min_shared_prefix: int = 16,
+        prefix_cache_size: int = 16,
+    ) -> None:
+        """Args:
+        min_shared_prefix: shortest common prompt prefix worth its own forward (0: off).
+        prefix_cache_size: shared prefixes whose KV is kept for later requests (LRU).
+        """
         self.model = model
+        self.min_shared_prefix = min_shared_prefix
+        self.prefix_cache_size = prefix_cache_size
+        self._prefixes: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = (
+            OrderedDict()
+        )
         self.device = next(model.parameters()).device
         self.pad_id = pad_id
         self.stats = EngineStats()
@@ -137,16 +163,34 @@ class ModelRunner:
         self.stats.max_batch_size = max(self.stats.max_batch_size, len(reqs))
 
     def _prefill_and_merge(self, reqs: list[Request]) -> None:
-        max_len = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((len(reqs), max_len), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(reqs), max_len), dtype=torch.long)
-        for row, req in enumerate(reqs):
-            n = len(req.prompt_ids)
-            ids[row, max_len - n :] = torch.tensor(req.prompt_ids)
-            mask[row, max_len - n :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        self.stats.num_prefill_steps += 1
+        self.stats.num_prompt_tokens += sum(len(r.prompt_ids) for r in reqs)
+        parts = []  # (row indices into reqs, cache, mask, next_pos, first token)
+        for rows, shared in prefix_groups([r.prompt_ids for r in reqs], self.min_shared_prefix):
+            parts.append((rows, *self._prefill([reqs[i] for i in rows], shared)))
+        rows, cache, mask, next_pos, first = parts[0]
+        for more, c, m, n, f in parts[1:]:
+            mask = _merge_caches(cache, mask, c, m)
+            rows, next_pos, first = rows + more, torch.cat([next_pos, n]), torch.cat([first, f])
+        if len(parts) > 1:  # NOTE: back to arrival order, the scheduler's row order
+            index = torch.tensor([rows.index(i) for i in range(len(reqs))], device=self.device)
+            cache.batch_select_indices(index)
+            mask, next_pos, first = (t.index_select(0, index) for t in (mask, next_pos, first))
+        self.stats.num_tokens_prefilled += len(reqs)
+        new_ids = [r.req_id for r in reqs]
+        if self._cache is None:
+            self._row_ids, self._cache, self._mask = new_ids, cache, mask
+            self._next_pos, self._last_token = next_pos, first
+            return
+        self._mask = _merge_caches(self._cache, self._mask, cache, mask)
+        self._row_ids += new_ids
+        self._next_pos = torch.cat([self._next_pos, next_pos])
+        self._last_token = torch.cat([self._last_token, first])
+
+    def _forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+    ) -> torch.Tensor:
+        """One prefill forward; the last position's logits."""
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -155,31 +199,110 @@ class ModelRunner:
             **{self._cache_kwarg: cache},
             **self._last_logits,
         )
-        first = self._sample(out.logits[:, -1, :], reqs)
         self.stats.num_forwards += 1
         self.stats.num_prefill_forwards += 1
-        self.stats.num_tokens_prefilled += len(reqs)
-        next_pos = mask.sum(dim=1)
-        new_ids = [r.req_id for r in reqs]
-        if self._cache is None:
-            self._row_ids, self._cache, self._mask = new_ids, cache, mask
-            self._next_pos, self._last_token = next_pos, first
-            return
-        self._merge(cache, mask)
-        self._row_ids += new_ids
-        self._next_pos = torch.cat([self._next_pos, next_pos])
-        self._last_token = torch.cat([self._last_token, first])
+        return out.logits[:, -1, :]
 
-    def _merge(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append the new rows' cache below the batch's, left-padding the shorter one."""
-        old_len, new_len = self._mask.shape[1], mask.shape[1]
-        length = max(old_len, new_len)
-        for old, new in zip(self._cache.layers, cache.layers):
-            old.keys = torch.cat([_pad_left(old.keys, length), _pad_left(new.keys, length)])
-            old.values = torch.cat(
-                [_pad_left(old.values, length), _pad_left(new.values, length)]
-            )
-        self._mask = torch.cat([_pad_left(self._mask, length), _pad_left(mask, length)])
+    def _prefix_kv(self, prefix: tuple[int, ...], cache: DynamicCache) -> None:
+        """Fill ``cache`` (one row) with the KV of ``prefix``, reusing a cached head of it.
+
+        PaDeLLM's mention prompts repeat the count prompts' instruction and sentence, so the
+        mention phase finds that prefix here instead of prefilling it again.
+        """
+        hit = max((p for p in self._prefixes if prefix[: len(p)] == p), key=len, default=())
+        if hit:
+            self._prefixes.move_to_end(hit)
+            for i, (k, v) in enumerate(self._prefixes[hit]):
+                cache.update(k, v, i)
+            self.stats.num_prefix_cache_hits += 1
+            self.stats.num_prompt_tokens_cached += len(hit)
+        if len(hit) < len(prefix):
+            rest = torch.tensor([prefix[len(hit) :]], device=self.device)
+            mask = torch.ones((1, len(prefix)), dtype=torch.long, device=self.device)
+            positions = torch.arange(len(hit), len(prefix), device=self.device)[None]
+            self._forward(rest, mask, positions, cache)
+            # NOTE: later updates concatenate into new tensors; the stored ones stay intact.
+            self._prefixes[prefix] = [(layer.keys, layer.values) for layer in cache.layers]
+            while len(self._prefixes) > self.prefix_cache_size:
+                self._prefixes.popitem(last=False)
+
+    def _prefill(
+        self, reqs: list[Request], shared: int
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prefill rows whose prompts share their first ``shared`` tokens (0: no sharing).
+
+        Returns the rows' cache, mask, next positions and first sampled tokens.
+        """
+        cache = DynamicCache()
+        prefix_mask = torch.ones((len(reqs), shared), dtype=torch.long, device=self.device)
+        if shared:
+            self._prefix_kv(tuple(reqs[0].prompt_ids[:shared]), cache)
+            for layer in cache.layers:  # NOTE: one copy per row; rows diverge from here
+                layer.keys = layer.keys.expand(len(reqs), -1, -1, -1).contiguous()
+                layer.values = layer.values.expand(len(reqs), -1, -1, -1).contiguous()
+            self.stats.num_prompt_tokens_shared += shared * len(reqs)
+        tails = [r.prompt_ids[shared:] for r in reqs]
+        width = max(len(t) for t in tails)
+        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
+        tail_mask = torch.zeros((len(reqs), width), dtype=torch.long)
+        for row, tail in enumerate(tails):
+            ids[row, width - len(tail) :] = torch.tensor(tail)
+            tail_mask[row, width - len(tail) :] = 1
+        ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
+        positions = shared + (tail_mask.cumsum(dim=1) - 1).clamp(min=0)
+        mask = torch.cat([prefix_mask, tail_mask], dim=1)
+        first = self._sample(self._forward(ids, mask, positions, cache), reqs)
+        return cache, mask, shared + tail_mask.sum(dim=1), first
+
+
+def prefix_groups(prompts: list[tuple[int, ...]], min_shared: int) -> list[tuple[list[int], int]]:
+    """Partition prompts into groups that share at least ``min_shared`` leading tokens.
+
+    Returns ``(indices, shared)`` per group; ``shared`` leaves every prompt at least one
+    token of its own (its logits give the first sampled token), and is 0 for a group of one
+    or when sharing is off; all such prompts form one last group.
+    """
+    if min_shared <= 0 or len(prompts) < 2:
+        return [(list(range(len(prompts))), 0)]
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    groups: list[tuple[list[int], int]] = []
+    for i in order:
+        if groups:
+            rows, shared = groups[-1]
+            common = min(shared, _common_prefix(prompts[rows[-1]], prompts[i]))
+            if common >= min_shared:
+                groups[-1] = (rows + [i], common)
+                continue
+        groups.append(([i], len(prompts[i])))
+    out, alone = [], []
+    for rows, shared in groups:
+        shared = min(shared, min(len(prompts[i]) for i in rows) - 1)
+        if len(rows) > 1 and shared >= min_shared:
+            out.append((rows, shared))
+        else:
+            alone += rows
+    # NOTE: prompts without a partner share one plain forward
+    return out + ([(sorted(alone), 0)] if alone else [])
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _merge_caches(
+    cache: DynamicCache, mask: torch.Tensor, more: DynamicCache, more_mask: torch.Tensor
+) -> torch.Tensor:
+    """Append ``more``'s rows below ``cache``'s in place, left-padding the shorter; new mask."""
+    length = max(mask.shape[1], more_mask.shape[1])
+    for old, new in zip(cache.layers, more.layers):
+        old.keys = torch.cat([_pad_left(old.keys, length), _pad_left(new.keys, length)])
+        old.values = torch.cat([_pad_left(old.values, length), _pad_left(new.values, length)])
+    return torch.cat([_pad_left(mask, length), _pad_left(more_mask, length)])
 
 
 def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
