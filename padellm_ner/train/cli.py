@@ -423,16 +423,37 @@ def export_model(
     return copied
 
 
+def _stages(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's training stages, oldest first (a warm start records its ``init_adapter``)."""
+    stages = [meta]
+    seen = set()
+    while (init := stages[0].get("train", {}).get("init_adapter")) and init not in seen:
+        seen.add(init)
+        path = Path(init) / META_FILE
+        if not path.is_file():
+            break
+        stages.insert(0, json.loads(path.read_text(encoding="utf-8")))
+    return stages
+
+
 def model_card(
     meta: dict[str, Any],
-    command: str,
+    command: str | Sequence[str],
     test_report: str | None = None,
     machine: str = "2-core CPU (AMD EPYC, AVX2), no GPU; 1 torch thread",
 ) -> str:
-    """A MODEL_CARD.md for a trained folder, from its ``padellm.json`` (train + eval filled in)."""
-    tr = meta.get("train", {})
-    used = sum(tr.get("sentences", {}).values())
-    avail = sum(tr.get("sentences_available", {}).values()) or 1
+    """A MODEL_CARD.md for a trained folder, from its ``padellm.json`` (train + eval filled in).
+
+    ``command``: the training command, or one per stage when the run warm-started from an
+    earlier adapter (``--init-adapter``; the stages are read from the adapters' records).
+    """
+    commands = [command] if isinstance(command, str) else list(command)
+    stages = _stages(meta)
+    avail = sum(meta.get("train", {}).get("sentences_available", {}).values()) or 1
+    seen = 0.0
+    for st in stages:
+        tr = st.get("train", {})
+        seen += sum(tr.get("sentences", {}).values()) * min(1.0, float(tr.get("epochs_done") or 1.0))
     lora = meta.get("lora") or {}
     lines = [
         f"# {meta.get('format', 'padellm')} NER adapter on {meta.get('base')}",
@@ -443,52 +464,63 @@ def model_card(
         "",
         "## Data",
         "",
-        f"- Training sentences: the first {used} of {avail} of the train split "
-        f"({100 * used / avail:.1f}%), one epoch ({tr.get('epochs_done', '?')} done).",
-        f"- Sequences: {tr.get('pairs')} ({tr.get('zero_count_pairs')} zero-count), "
-        f"{tr.get('tokens')} tokens; zero-count sequences kept: {100 * tr.get('zero_count_keep', 1.0):.0f}% "
-        "(no downsampling, as in the paper).",
-        f"- Packing: {'each sentence' + chr(39) + 's sequences merged into one prefix tree' if tr.get('packed') else 'none'} "
-        f"({tr.get('packed_tokens')} tokens computed for {tr.get('tokens')} sequence tokens; "
-        "same loss as unpacked training, checked by tests/test_train.py).",
+        f"- Training sentences seen: {seen:.0f} of {avail} in the train split "
+        f"({100 * seen / avail:.1f}%), each at most once"
+        + (f", over {len(stages)} stages (below)." if len(stages) > 1 else "."),
+        "- Zero-count sequences kept: all (no downsampling, as in the paper). Packing: each "
+        "sentence's sequences merged into one prefix tree (same loss as unpacked training, "
+        "checked by tests/test_train.py).",
         "",
         "## Training",
         "",
-        "```",
-        command,
-        "```",
-        "",
         f"- LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout 0.05, on every linear "
         "projection (q/k/v/o, gate/up/down); lm_head and embeddings frozen.",
-        f"- AdamW lr {tr.get('lr')}, warmup {tr.get('warmup')} then cosine decay to 0, grad clip 1.0, "
-        f"{tr.get('batch_tokens')} padded tokens per step, {tr.get('steps')} steps, seed {tr.get('seed')}, fp32.",
-        "- Loss on target tokens only (count, `\\n<mention k>` marker, mention, `<|im_end|>`).",
+        "- Loss on target tokens only (count, `\\n<mention k>` marker, mention, `<|im_end|>`); "
+        "AdamW, warmup then cosine decay to 0, grad clip 1.0, fp32.",
         f"- Machine: {machine}.",
-        f"- Wall time: {tr.get('train_wall_s', 0) / 60:.1f} min of training; throughput "
-        f"{tr.get('tokens_per_s')} computed tokens/s = {tr.get('raw_tokens_per_s')} sequence tokens/s.",
-        f"- Final train loss (mean of the last 10 steps): {tr.get('final_loss')}.",
-        "",
-        "## Evaluation",
         "",
     ]
-    for name, ev in (meta.get("eval") or {}).items():
-        f1 = (ev.get("f1") or {}).get("f1")
-        lines.append(
-            f"- {name} dev, first {ev.get('sentences')} sentences: target-token loss {ev.get('dev_loss')}"
-            + (f", micro-F1 {100 * f1:.2f}" if f1 is not None else ", F1 not measured")
-            + "."
-        )
+    for i, st in enumerate(stages):
+        tr = st.get("train", {})
+        skip = int(tr.get("skip") or 0)
+        n = sum(tr.get("sentences", {}).values())
+        title = f"### Stage {i + 1}" + (" (warm start from stage " + str(i) + ")" if i else "")
+        cmd = commands[i] if i < len(commands) else "(command not recorded)"
+        lines += [
+            title, "", "```", cmd, "```", "",
+            f"- Sentences {skip}..{skip + n} of the train split; {tr.get('pairs')} sequences "
+            f"({tr.get('zero_count_pairs')} zero-count), {tr.get('tokens')} tokens "
+            f"({tr.get('packed_tokens')} computed after packing).",
+            f"- lr {tr.get('lr')}, warmup {tr.get('warmup')}, {tr.get('batch_tokens')} padded tokens "
+            f"per step, {tr.get('steps')}/{tr.get('total_steps')} steps "
+            f"({float(tr.get('epochs_done') or 0):.2f} epoch), seed {tr.get('seed')}.",
+            f"- Wall time {float(tr.get('train_wall_s') or 0) / 60:.1f} min; {tr.get('tokens_per_s')} "
+            f"computed tokens/s = {tr.get('raw_tokens_per_s')} sequence tokens/s; final train loss "
+            f"(mean of the last 10 steps) {tr.get('final_loss')}.",
+        ]
+        for name, ev in (st.get("eval") or {}).items():
+            f1 = (ev.get("f1") or {}).get("f1")  # NOTE: already in percent
+            lines.append(
+                f"- {name} dev, first {ev.get('sentences')} sentences: target-token loss {ev.get('dev_loss')}"
+                + (f", micro-F1 {f1:.2f}" if f1 is not None else ", F1 not measured")
+                + (f", per-label count right {100 * ev['f1']['count_accuracy']:.0f}%"
+                   if (ev.get("f1") or {}).get("count_accuracy") is not None else "")
+                + "."
+            )
+        lines.append("")
+    lines += ["## Evaluation", ""]
     if test_report:
-        lines += ["", "Test split (`padellm-ner evaluate`):", "", "```", test_report.strip(), "```"]
+        lines += ["Test split (`padellm-ner evaluate`):", "", "```", test_report.strip(), "```"]
     else:
         lines.append("- Test F1: not measured.")
     lines += [
         "",
         "## Limits",
         "",
-        f"- A 135M-parameter model trained on {100 * used / avail:.0f}% of the data for one epoch on a "
-        "CPU: far below the paper's 7B results (CoNLL03 F1 92.52); it is a working default, "
-        "not a benchmark. Retrain on a GPU with the full data for real use.",
+        f"- A 135M-parameter model trained with LoRA on {100 * seen / avail:.0f}% of the data on a "
+        "CPU: far below the paper's 7B results (CoNLL03 F1 92.52) and below the project's target "
+        "(F1 >= 90); it is a working default, not a benchmark. Retrain on a GPU with the full "
+        "data for real use (`padellm-ner train --format padellm --dataset conll2003 --epochs 4`).",
         "- Adapter weights are stored in float16 (cast back to the model dtype when loaded).",
         "",
     ]
@@ -499,7 +531,12 @@ def _export_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m padellm_ner.train.cli export")
     p.add_argument("run", help="the --out folder of a finished run")
     p.add_argument("dst", help="destination folder (e.g. padellm_ner/assets/default-adapter)")
-    p.add_argument("--command", required=True, help="the training command, for the model card")
+    p.add_argument(
+        "--command",
+        required=True,
+        action="append",
+        help="the training command, for the model card (repeat: one per warm-start stage)",
+    )
     p.add_argument("--test-report", help="a file holding the test evaluation output")
     args = p.parse_args(argv)
     export_model(args.run, args.dst)
