@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="name under shared/datasets or a folder path")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--skip", type=int, default=0, help="skip the first N sentences (to shard a run)")
     p.add_argument("--labels", nargs="+", help="labels to ask for (default: the dataset's)")
-    p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")
+    p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default=None,
+                   help="decoding method (default: the one the model was trained for)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from padellm_ner.errors import InvalidInputError
 from padellm_ner.extraction import Extractor
 from padellm_ner.metrics import F1Report, evaluate_predictions
 from padellm_ner.types import Entity, Example
@@ -93,6 +94,10 @@ def run_evaluate(args: Namespace) -> int:
 
     info = dataset_info(args.dataset)
     examples = load_split(args.dataset, args.split)
+    skip = int(getattr(args, "skip", 0) or 0)
+    if skip < 0:
+        raise InvalidInputError("--skip must be >= 0")
+    examples = examples[skip:]
     if args.limit is not None:
         examples = examples[: args.limit]
     extractor = Extractor.from_pretrained(
@@ -110,6 +115,7 @@ def run_evaluate(args: Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:
-        print(f"{args.dataset}/{args.split}: {len(examples)} sentences, model {args.model}")
+        where = f" from #{skip}" if skip else ""
+        print(f"{args.dataset}/{args.split}: {len(examples)} sentences{where}, model {args.model}")
         print(result.format_text())
     return 0
