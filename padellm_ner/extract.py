@@ -22,6 +22,11 @@ UNTRAINED_NOTE = (
     "or given with --model); its entities are not meaningful."
 )
 
+DEFAULT_NOTE = (
+    "note: the embedded default is a small LoRA adapter trained on CPU on part of CoNLL-2003 "
+    "(F1 well below the paper's; data, command and scores in {card})."
+)
+
 ExtractFn = Callable[[str, Sequence[str] | None], list[Entity]]
 
 
@@ -160,6 +165,11 @@ def run_extract(args: Namespace) -> int:
         close = lambda: None  # noqa: E731
         if not trained:
             print(UNTRAINED_NOTE, file=sys.stderr)
+        elif args.model == "default":
+            from padellm_ner.models import default_model_dir
+
+            card = Path(default_model_dir()[0]) / "MODEL_CARD.md"
+            print(DEFAULT_NOTE.format(card=card), file=sys.stderr)
     try:
         if args.input:
             count, errors = process_jsonl(
