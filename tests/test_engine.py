@@ -123,17 +123,23 @@ def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> Non
     assert [r.token_ids for r in shared] == [r.token_ids for r in plain]
     for a, b in zip(shared, plain):
         assert torch.allclose(torch.tensor(a.log_probs), torch.tensor(b.log_probs), atol=1e-4)
-    # a group per sentence long enough to share 16 tokens: its prefix forward plus its
-    # tails' forward; the rest share one plain forward
+    # a prefix forward per sentence long enough to share 16 tokens, then one forward for
+    # every row's own tail
     from padellm_ner.engine.runner import prefix_groups
 
     groups = prefix_groups([r.prompt_ids for r in reqs], 16)
     assert sum(shared > 0 for _, shared in groups) >= 2
-    assert shared_core.stats.num_prefill_forwards == sum(1 + (shared > 0) for _, shared in groups)
+    assert shared_core.stats.num_prefill_forwards == 1 + sum(shared > 0 for _, shared in groups)
     assert plain_core.stats.num_prefill_forwards == 1
     assert plain_core.stats.num_prompt_tokens_shared == 0
     # every prompt of a sentence shares the instruction and the sentence
     assert shared_core.stats.num_prompt_tokens_shared > 0.6 * shared_core.stats.num_prompt_tokens
+    # again: the prefixes come from the prefix cache now (no prefix forward), same tokens
+    forwards = shared_core.stats.num_prefill_forwards
+    again = TorchLLM(shared_core).generate(reqs)
+    assert [r.token_ids for r in again] == [r.token_ids for r in plain]
+    assert shared_core.stats.num_prefill_forwards == forwards + 1
+    assert shared_core.stats.num_prefix_cache_hits >= sum(shared > 0 for _, shared in groups)
 
 
 def test_prefix_groups() -> None:

@@ -165,17 +165,7 @@ class ModelRunner:
     def _prefill_and_merge(self, reqs: list[Request]) -> None:
         self.stats.num_prefill_steps += 1
         self.stats.num_prompt_tokens += sum(len(r.prompt_ids) for r in reqs)
-        parts = []  # (row indices into reqs, cache, mask, next_pos, first token)
-        for rows, shared in prefix_groups([r.prompt_ids for r in reqs], self.min_shared_prefix):
-            parts.append((rows, *self._prefill([reqs[i] for i in rows], shared)))
-        rows, cache, mask, next_pos, first = parts[0]
-        for more, c, m, n, f in parts[1:]:
-            mask = _merge_caches(cache, mask, c, m)
-            rows, next_pos, first = rows + more, torch.cat([next_pos, n]), torch.cat([first, f])
-        if len(parts) > 1:  # NOTE: back to arrival order, the scheduler's row order
-            index = torch.tensor([rows.index(i) for i in range(len(reqs))], device=self.device)
-            cache.batch_select_indices(index)
-            mask, next_pos, first = (t.index_select(0, index) for t in (mask, next_pos, first))
+        cache, mask, next_pos, first = self._prefill(reqs)
         self.stats.num_tokens_prefilled += len(reqs)
         new_ids = [r.req_id for r in reqs]
         if self._cache is None:
@@ -186,6 +176,90 @@ class ModelRunner:
         self._row_ids += new_ids
         self._next_pos = torch.cat([self._next_pos, next_pos])
         self._last_token = torch.cat([self._last_token, first])
+
+    def _prefill(
+        self, reqs: list[Request]
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prefill new rows: each shared prefix once, then every row's own tail in one forward.
+
+        Row r's cache is ``[pad][prefix of its group][pad][its tail]`` (pads masked), so the
+        rows of all groups, and rows sharing nothing (empty prefix), decode together.
+        Returns the rows' cache, mask, next positions and first sampled tokens.
+        """
+        n = len(reqs)
+        shared = [0] * n
+        prefix_kv: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        for rows, length in prefix_groups([r.prompt_ids for r in reqs], self.min_shared_prefix):
+            if length:
+                prefix_kv.append((rows, self._prefix_kv(tuple(reqs[rows[0]].prompt_ids[:length]))))
+                for i in rows:
+                    shared[i] = length
+                self.stats.num_prompt_tokens_shared += length * len(rows)
+        width_p = max(shared)
+        cache = DynamicCache()
+        if width_p:
+            order = [i for rows, _ in prefix_kv for i in rows]
+            alone = [i for i in range(n) if not shared[i]]
+            index = torch.tensor([(order + alone).index(i) for i in range(n)], device=self.device)
+            for layer, kvs in enumerate(zip(*(kv for _, kv in prefix_kv))):
+                keys, values = [], []
+                for (rows, _), (k, v) in zip(prefix_kv, kvs):
+                    keys.append(_pad_left(k, width_p).expand(len(rows), -1, -1, -1))
+                    values.append(_pad_left(v, width_p).expand(len(rows), -1, -1, -1))
+                if alone:
+                    keys.append(keys[0].new_zeros((len(alone), *keys[0].shape[1:])))
+                    values.append(values[0].new_zeros((len(alone), *values[0].shape[1:])))
+                # NOTE: index_select copies: rows diverge from here; arrival order kept
+                cache.update(
+                    torch.cat(keys).index_select(0, index),
+                    torch.cat(values).index_select(0, index),
+                    layer,
+                )
+        prefix_mask = torch.zeros((n, width_p), dtype=torch.long)
+        tails = [r.prompt_ids[p:] for r, p in zip(reqs, shared)]
+        width_t = max(len(t) for t in tails)
+        ids = torch.full((n, width_t), self.pad_id, dtype=torch.long)
+        tail_mask = torch.zeros((n, width_t), dtype=torch.long)
+        for row, (tail, p) in enumerate(zip(tails, shared)):
+            prefix_mask[row, width_p - p :] = 1 if p else 0
+            ids[row, width_t - len(tail) :] = torch.tensor(tail)
+            tail_mask[row, width_t - len(tail) :] = 1
+        ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
+        start = torch.tensor(shared, device=self.device)[:, None]
+        positions = start + (tail_mask.cumsum(dim=1) - 1).clamp(min=0)
+        mask = torch.cat([prefix_mask.to(self.device), tail_mask], dim=1)
+        first = self._sample(self._forward(ids, mask, positions, cache), reqs)
+        return cache, mask, start[:, 0] + tail_mask.sum(dim=1), first
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values) of ``prefix`` (one row), reusing a cached head of it.
+
+        PaDeLLM's mention prompts repeat the count prompts' instruction and sentence, so the
+        mention phase finds that prefix here instead of prefilling it again.
+        """
+        if prefix in self._prefixes:
+            self._prefixes.move_to_end(prefix)
+            self.stats.num_prefix_cache_hits += 1
+            self.stats.num_prompt_tokens_cached += len(prefix)
+            return self._prefixes[prefix]
+        hit = max((p for p in self._prefixes if prefix[: len(p)] == p), key=len, default=())
+        cache = DynamicCache()
+        if hit:
+            self._prefixes.move_to_end(hit)
+            for i, (k, v) in enumerate(self._prefixes[hit]):
+                cache.update(k, v, i)
+            self.stats.num_prefix_cache_hits += 1
+            self.stats.num_prompt_tokens_cached += len(hit)
+        rest = torch.tensor([prefix[len(hit) :]], device=self.device)
+        mask = torch.ones((1, len(prefix)), dtype=torch.long, device=self.device)
+        positions = torch.arange(len(hit), len(prefix), device=self.device)[None]
+        self._forward(rest, mask, positions, cache)
+        # NOTE: later updates concatenate into new tensors; the stored ones stay intact.
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._prefixes[prefix] = kv
+        while len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
+        return kv
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
@@ -202,57 +276,6 @@ class ModelRunner:
         self.stats.num_forwards += 1
         self.stats.num_prefill_forwards += 1
         return out.logits[:, -1, :]
-
-    def _prefix_kv(self, prefix: tuple[int, ...], cache: DynamicCache) -> None:
-        """Fill ``cache`` (one row) with the KV of ``prefix``, reusing a cached head of it.
-
-        PaDeLLM's mention prompts repeat the count prompts' instruction and sentence, so the
-        mention phase finds that prefix here instead of prefilling it again.
-        """
-        hit = max((p for p in self._prefixes if prefix[: len(p)] == p), key=len, default=())
-        if hit:
-            self._prefixes.move_to_end(hit)
-            for i, (k, v) in enumerate(self._prefixes[hit]):
-                cache.update(k, v, i)
-            self.stats.num_prefix_cache_hits += 1
-            self.stats.num_prompt_tokens_cached += len(hit)
-        if len(hit) < len(prefix):
-            rest = torch.tensor([prefix[len(hit) :]], device=self.device)
-            mask = torch.ones((1, len(prefix)), dtype=torch.long, device=self.device)
-            positions = torch.arange(len(hit), len(prefix), device=self.device)[None]
-            self._forward(rest, mask, positions, cache)
-            # NOTE: later updates concatenate into new tensors; the stored ones stay intact.
-            self._prefixes[prefix] = [(layer.keys, layer.values) for layer in cache.layers]
-            while len(self._prefixes) > self.prefix_cache_size:
-                self._prefixes.popitem(last=False)
-
-    def _prefill(
-        self, reqs: list[Request], shared: int
-    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prefill rows whose prompts share their first ``shared`` tokens (0: no sharing).
-
-        Returns the rows' cache, mask, next positions and first sampled tokens.
-        """
-        cache = DynamicCache()
-        prefix_mask = torch.ones((len(reqs), shared), dtype=torch.long, device=self.device)
-        if shared:
-            self._prefix_kv(tuple(reqs[0].prompt_ids[:shared]), cache)
-            for layer in cache.layers:  # NOTE: one copy per row; rows diverge from here
-                layer.keys = layer.keys.expand(len(reqs), -1, -1, -1).contiguous()
-                layer.values = layer.values.expand(len(reqs), -1, -1, -1).contiguous()
-            self.stats.num_prompt_tokens_shared += shared * len(reqs)
-        tails = [r.prompt_ids[shared:] for r in reqs]
-        width = max(len(t) for t in tails)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        tail_mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for row, tail in enumerate(tails):
-            ids[row, width - len(tail) :] = torch.tensor(tail)
-            tail_mask[row, width - len(tail) :] = 1
-        ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
-        positions = shared + (tail_mask.cumsum(dim=1) - 1).clamp(min=0)
-        mask = torch.cat([prefix_mask, tail_mask], dim=1)
-        first = self._sample(self._forward(ids, mask, positions, cache), reqs)
-        return cache, mask, shared + tail_mask.sum(dim=1), first
 
 
 def prefix_groups(prompts: list[tuple[int, ...]], min_shared: int) -> list[tuple[list[int], int]]:
