@@ -150,3 +150,27 @@ def test_prefix_groups() -> None:
     assert prefix_groups([a, a], 3) == [([0, 1], 4)]  # each row keeps one token of its own
     assert prefix_groups([a, b], 5) == [([0, 1], 0)]
     assert prefix_groups([a, b], 0) == [([0, 1], 0)]
+
+
+def test_prefix_reuse_keeps_rows_apart() -> None:
+    """PaDeLLM's two phases on one engine: counts, then mentions whose prompts extend the
+    cached count prefixes (partial prefix-cache hits, several groups in one step), then a
+    second arrival order. Every row decodes exactly as its prompt alone: no row may read
+    another row's KV (an earlier version spliced mentions of different labels)."""
+    codec = smollm2_codec()
+    counts, mentions = [], []
+    for text in SENTENCES[:3]:
+        for label in LABELS[:3]:
+            count = codec.encode(ENGLISH.count_prompt(text, label))
+            counts.append(count)
+            mentions += [count + codec.encode(ENGLISH.mention_prefix(2, k)) for k in (1, 2)]
+    # NOTE: one sentence's prompts in reverse: one group whose sorted order is not arrival order
+    phases = [counts, mentions, list(reversed(mentions)), list(reversed(mentions[:6]))]
+    core = _fresh_core(max_batch_size=64)
+    solo = TorchLLM(_fresh_core(max_batch_size=1, min_shared_prefix=0))
+    for n, prompts in enumerate(phases):
+        reqs = [GenerationRequest(tuple(p), 4 + i % 3, ()) for i, p in enumerate(prompts)]
+        expected = [solo.generate([r])[0].token_ids for r in reqs]
+        got = TorchLLM(core).generate(reqs)
+        assert [r.token_ids for r in got] == expected, f"phase {n}"
+    assert core.stats.num_prefix_cache_hits > 0 and core.stats.num_prompt_tokens_shared > 0
