@@ -206,9 +206,14 @@ def load_model(
     base_path = resolve_model_dir(base) if base else path
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
     if base is not None:
+        import warnings
+
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path)
+        with warnings.catch_warnings():
+            # NOTE: peft calls a transformers API that 5.x deprecates; not the user's concern.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            model = PeftModel.from_pretrained(model, path)
         if merge_adapter:
             model = model.merge_and_unload()
     model.to(device).eval()
