@@ -90,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="micro-F1 (paper) and span F1 on a dataset split")
     _add_model_args(p)
-    p.add_argument("--dataset", required=True, help="name under shared/datasets or a folder path")
+    p.add_argument("--dataset", help="name under shared/datasets or a folder path")
     p.add_argument("--split", default="test")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--merge", nargs="+", metavar="FILE",
+                   help="combine `--json` reports of shards (--skip/--limit runs) instead of running")
     p.add_argument("--skip", type=int, default=0, help="skip the first N sentences (to shard a run)")
     p.add_argument("--labels", nargs="+", help="labels to ask for (default: the dataset's)")
     p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default=None,

@@ -10,10 +10,10 @@ from typing import Any
 
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.extraction import Extractor
-from padellm_ner.metrics import F1Report, evaluate_predictions
+from padellm_ner.metrics import F1Report, Score, evaluate_predictions
 from padellm_ner.types import Entity, Example
 
-__all__ = ["EvalResult", "evaluate_model", "run_evaluate"]
+__all__ = ["EvalResult", "evaluate_model", "merge_results", "result_from_dict", "run_evaluate"]
 
 
 @dataclass
@@ -49,6 +49,63 @@ class EvalResult:
         if self.count_accuracy is not None:
             lines.append(f"per-label count right: {100 * self.count_accuracy:.2f}%")
         return "\n".join(lines)
+
+
+def _score(d: dict[str, Any]) -> Score:
+    return Score(int(d["tp"]), int(d["fp"]), int(d["fn"]))
+
+
+def result_from_dict(data: dict[str, Any]) -> EvalResult:
+    """An ``EvalResult`` back from its ``to_dict`` form (``evaluate --json`` output)."""
+    report = F1Report(
+        micro=_score(data["set"]["micro"]),
+        per_label={k: _score(v) for k, v in data["set"]["per_label"].items()},
+        span_micro=_score(data["span"]["micro"]),
+        span_per_label={k: _score(v) for k, v in data["span"]["per_label"].items()},
+        num_sentences=int(data["num_sentences"]),
+    )
+    return EvalResult(
+        report,
+        float(data["mean_critical_path_steps"]),
+        float(data["mean_critical_path_steps_batch"]),
+        float(data["mean_tokens_per_sequence"]),
+        float(data["mean_sequences_per_sentence"]),
+        None if data.get("count_accuracy") is None else float(data["count_accuracy"]),
+    )
+
+
+def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
+    """One result for shards of a split (``--skip``/``--limit`` runs): counts are summed,
+    means are weighted by sentences (tokens per sequence by sequences)."""
+    if not parts:
+        raise InvalidInputError("nothing to merge")
+    report = F1Report()
+    for part in parts:
+        r = part.report
+        report.num_sentences += r.num_sentences
+        for into, add in ((report.micro, r.micro), (report.span_micro, r.span_micro)):
+            into.add(add.tp, add.fp, add.fn)
+        for into, add in ((report.per_label, r.per_label), (report.span_per_label, r.span_per_label)):
+            for label, score in add.items():
+                into.setdefault(label, Score()).add(score.tp, score.fp, score.fn)
+    n = report.num_sentences or 1
+    seqs = [p.mean_sequences_per_sentence * p.report.num_sentences for p in parts]
+
+    def mean(attr: str) -> float:
+        return sum(getattr(p, attr) * p.report.num_sentences for p in parts) / n
+
+    counted = [p for p in parts if p.count_accuracy is not None]
+    return EvalResult(
+        report,
+        mean("mean_critical_path_steps"),
+        mean("mean_critical_path_steps_batch"),
+        sum(p.mean_tokens_per_sequence * s for p, s in zip(parts, seqs)) / (sum(seqs) or 1),
+        sum(seqs) / n,
+        sum(p.count_accuracy * p.report.num_sentences for p in counted)
+        / (sum(p.report.num_sentences for p in counted) or 1)
+        if counted
+        else None,
+    )
 
 
 def evaluate_model(
@@ -92,6 +149,10 @@ def run_evaluate(args: Namespace) -> int:
     from padellm_ner.data import dataset_info, load_split
     from padellm_ner.plan import Dedup, PlanConfig
 
+    if getattr(args, "merge", None):
+        return _run_merge(args)
+    if not args.dataset:
+        raise InvalidInputError("--dataset is required (or --merge FILE ... to combine shards)")
     info = dataset_info(args.dataset)
     examples = load_split(args.dataset, args.split)
     skip = int(getattr(args, "skip", 0) or 0)
@@ -117,5 +178,24 @@ def run_evaluate(args: Namespace) -> int:
     else:
         where = f" from #{skip}" if skip else ""
         print(f"{args.dataset}/{args.split}: {len(examples)} sentences{where}, model {args.model}")
+        print(result.format_text())
+    return 0
+
+
+def _run_merge(args: Namespace) -> int:
+    """``evaluate --merge a.json b.json``: the report of the shards together."""
+    from pathlib import Path
+
+    parts = []
+    for name in args.merge:
+        try:
+            parts.append(result_from_dict(json.loads(Path(name).read_text(encoding="utf-8"))))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"--merge {name}: not an `evaluate --json` report ({exc})") from exc
+    result = merge_results(parts)
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print(f"{len(parts)} shards, {result.report.num_sentences} sentences")
         print(result.format_text())
     return 0

@@ -91,3 +91,29 @@ def test_evaluate_matches_hand_computed_f1(extractor: Extractor) -> None:
     assert result.count_accuracy == pytest.approx(10 / 12)  # sentence 2: PER and LOC wrong
     # 4 count branches per sentence + one branch per predicted mention (3, 2, 1)
     assert result.mean_sequences_per_sentence == pytest.approx((4 + 3 + 4 + 2 + 4 + 1) / 3)
+
+
+def test_shards_merge_to_the_whole(extractor: Extractor, tmp_path, capsys) -> None:
+    """``evaluate --merge`` of per-shard ``--json`` reports equals one run over all."""
+    import json
+
+    from padellm_ner.cli import main
+    from padellm_ner.evaluate import merge_results, result_from_dict
+
+    whole = evaluate_model(extractor, EXAMPLES, LABELS, progress=False).to_dict()
+    parts = [evaluate_model(extractor, EXAMPLES[:1], LABELS, progress=False),
+             evaluate_model(extractor, EXAMPLES[1:], LABELS, progress=False)]  # fmt: skip
+    merged = merge_results([result_from_dict(p.to_dict()) for p in parts]).to_dict()
+    for key in ("f1", "count_accuracy", "mean_sequences_per_sentence", "mean_tokens_per_sequence"):
+        assert merged[key] == pytest.approx(whole[key])
+    assert merged["set"] == whole["set"] and merged["span"] == whole["span"]
+
+    files = []
+    for i, part in enumerate(parts):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(part.to_dict()))
+    assert main(["evaluate", "--merge", *map(str, files), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["f1"] == pytest.approx(whole["f1"])
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["evaluate", "--merge", str(tmp_path / "bad.json")]) == 2
+    assert "not an `evaluate --json` report" in capsys.readouterr().err
