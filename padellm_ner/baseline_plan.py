@@ -8,13 +8,13 @@ all at once. The in-process ``Extractor`` and the Triton orchestrator both go th
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 
 from padellm_ner.codec import PromptCodec
 from padellm_ner.grounding import ground_mentions
 from padellm_ner.llm import LLM, AsyncLLM, GenerationRequest, GenerationResult
+from padellm_ner.plan import gather_or_cancel
 from padellm_ner.prompts import get_format
 from padellm_ner.prompts.base import Completion
 from padellm_ner.types import Entity
@@ -89,12 +89,5 @@ def run_baseline(plan: BaselinePlan, llm: LLM) -> list[Entity]:
 
 async def arun_baseline(plan: BaselinePlan, llm: AsyncLLM) -> list[Entity]:
     """Send every sequence at once to an ``AsyncLLM`` (the Triton orchestrator)."""
-    tasks = [asyncio.ensure_future(llm.agenerate(r)) for r in plan.requests()]
-    try:
-        results = await asyncio.gather(*tasks)
-    except BaseException:
-        for task in tasks:
-            task.cancel()  # NOTE: BLSAsyncLLM sends stop=True for a cancelled request
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    return plan.accept(results)
+    # NOTE: a failure or cancellation cancels the siblings; BLSAsyncLLM then sends stop=True.
+    return plan.accept(await gather_or_cancel([llm.agenerate(r) for r in plan.requests()]))

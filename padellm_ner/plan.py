@@ -23,7 +23,7 @@ from padellm_ner.llm import LLM, AsyncLLM, GenerationRequest, GenerationResult
 from padellm_ner.prompts.padellm import parse_count, template_for
 from padellm_ner.types import Entity
 
-__all__ = ["PlanConfig", "Dedup", "Mention", "PlanStats", "PaDeLLMPlan", "run_plan", "arun_plan"]
+__all__ = ["PlanConfig", "Dedup", "Mention", "PlanStats", "PaDeLLMPlan", "run_plan", "arun_plan", "gather_or_cancel"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ async def arun_plan(
         async with gate:
             return await llm.agenerate(request)
 
-    counts = await _gather_or_cancel([call(r) for r in plan.count_requests()])
+    counts = await gather_or_cancel([call(r) for r in plan.count_requests()])
     plan.accept_counts(counts)
     sent: set[str] = set()
 
@@ -306,14 +306,14 @@ async def arun_plan(
         plan.accept_mention(key, await call(request))
         await emit_ready()
 
-    await _gather_or_cancel(
+    await gather_or_cancel(
         [mention(key, r) for key, r in zip(plan.mention_keys, plan.mention_requests())]
     )
     await emit_ready()
     return plan.entities()
 
 
-async def _gather_or_cancel(coros: list[Awaitable]) -> list:
+async def gather_or_cancel(coros: list[Awaitable]) -> list:
     """``asyncio.gather`` that cancels the siblings when one fails (no orphaned branches)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
