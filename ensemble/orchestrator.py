@@ -245,8 +245,9 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
     model = get("model", "default")
     tokenizer = load_tokenizer(model)
     end_id = int(get("end_id", "-1"))
+    model_dir = resolve_model_dir(model)
     if end_id < 0:
-        end_id = end_token_id(tokenizer, resolve_model_dir(model))
+        end_id = end_token_id(tokenizer, model_dir)
     codec = PromptCodec(tokenizer, end_id)
     _ = codec.newline_ids  # NOTE: computed once here (a vocab scan), not on the first request
     labels = tuple(json.loads(get("labels", "[]")))
@@ -256,7 +257,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         max_mention_tokens=int(get("max_mention_tokens", "24")),
     )
     # NOTE: the method the model was trained for (padellm.json), unless the config overrides it.
-    method = get("method", "") or read_model_info(resolve_model_dir(model)).format
+    method = get("method", "") or read_model_info(model_dir).format
     config = OrchestratorConfig(
         method=method,
         max_new_tokens=int(get("max_new_tokens", "160")),

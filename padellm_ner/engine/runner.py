@@ -198,9 +198,12 @@ class ModelRunner:
         width_p = max(shared)
         cache = DynamicCache()
         if width_p:
-            order = [i for rows, _ in prefix_kv for i in rows]
             alone = [i for i in range(n) if not shared[i]]
-            index = torch.tensor([(order + alone).index(i) for i in range(n)], device=self.device)
+            # NOTE: rows are stacked group by group, then the alone ones; index puts them
+            # back in arrival order (the scheduler's row order)
+            stacked_rows = [i for rows, _ in prefix_kv for i in rows] + alone
+            stacked = {row: k for k, row in enumerate(stacked_rows)}
+            index = torch.tensor([stacked[i] for i in range(n)], device=self.device)
             for layer, kvs in enumerate(zip(*(kv for _, kv in prefix_kv))):
                 keys, values = [], []
                 for (rows, _), (k, v) in zip(prefix_kv, kvs):
@@ -221,7 +224,8 @@ class ModelRunner:
         ids = torch.full((n, width_t), self.pad_id, dtype=torch.long)
         tail_mask = torch.zeros((n, width_t), dtype=torch.long)
         for row, (tail, p) in enumerate(zip(tails, shared)):
-            prefix_mask[row, width_p - p :] = 1 if p else 0
+            if p:
+                prefix_mask[row, width_p - p :] = 1
             ids[row, width_t - len(tail) :] = torch.tensor(tail)
             tail_mask[row, width_t - len(tail) :] = 1
         ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
@@ -238,18 +242,18 @@ class ModelRunner:
         mention phase finds that prefix here instead of prefilling it again.
         """
         if prefix in self._prefixes:
-            self._prefixes.move_to_end(prefix)
-            self.stats.num_prefix_cache_hits += 1
-            self.stats.num_prompt_tokens_cached += len(prefix)
-            return self._prefixes[prefix]
-        hit = max((p for p in self._prefixes if prefix[: len(p)] == p), key=len, default=())
-        cache = DynamicCache()
+            hit = prefix
+        else:
+            hit = max((p for p in self._prefixes if prefix[: len(p)] == p), key=len, default=())
         if hit:
             self._prefixes.move_to_end(hit)
-            for i, (k, v) in enumerate(self._prefixes[hit]):
-                cache.update(k, v, i)
             self.stats.num_prefix_cache_hits += 1
             self.stats.num_prompt_tokens_cached += len(hit)
+        if hit == prefix:
+            return self._prefixes[hit]
+        cache = DynamicCache()
+        for i, (k, v) in enumerate(self._prefixes.get(hit, ())):
+            cache.update(k, v, i)
         rest = torch.tensor([prefix[len(hit) :]], device=self.device)
         mask = torch.ones((1, len(prefix)), dtype=torch.long, device=self.device)
         positions = torch.arange(len(hit), len(prefix), device=self.device)[None]
