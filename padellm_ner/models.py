@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "LoadedModel",
     "ModelNotFoundError",
+    "adapter_base",
     "cache_dir",
     "resolve_model_dir",
     "load_model",
@@ -133,7 +134,8 @@ def resolve_model_dir(name_or_path: str) -> Path:
     return path
 
 
-def _adapter_base(path: Path) -> str | None:
+def adapter_base(path: Path) -> str | None:
+    """The base model an adapter folder names (a short name or an absolute folder), or None."""
     cfg = path / "adapter_config.json"
     if not cfg.exists():
         return None
@@ -152,7 +154,7 @@ def load_tokenizer(name_or_path: str) -> Any:
     path = resolve_model_dir(name_or_path)
     if (path / "tokenizer_config.json").exists() or (path / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(path)
-    base = _adapter_base(path)
+    base = adapter_base(path)
     if base is None:
         raise ModelNotFoundError(f"no tokenizer in {path}")
     return load_tokenizer(base)
@@ -202,7 +204,7 @@ def load_model(
 
     torch_dtype = getattr(torch, dtype)
     path = resolve_model_dir(name_or_path)
-    base = _adapter_base(path)
+    base = adapter_base(path)
     base_path = resolve_model_dir(base) if base else path
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
     if base is not None:

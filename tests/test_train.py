@@ -364,7 +364,7 @@ _TAGS_BY_FREQ = ["LOC", "PER", "ORG", "MISC"]
 def test_export_copies_only_servable_files(
     tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
 ) -> None:
-    from padellm_ner.models import load_model
+    from padellm_ner.models import load_model, load_tokenizer
     from padellm_ner.train.cli import export_model
 
     out = tmp_path / "run"
@@ -374,13 +374,19 @@ def test_export_copies_only_servable_files(
     )
     dst = tmp_path / "asset"
     names = {p.name for p in export_model(out, dst)}
-    assert {
-        "adapter_model.safetensors",
-        "adapter_config.json",
-        "tokenizer.json",
-        "padellm.json",
-    } <= names
+    assert {"adapter_model.safetensors", "adapter_config.json", "padellm.json"} <= names
+    # the run's tokenizer is the base's: the export leaves it out and loading falls back
+    assert "tokenizer.json" not in names and not (dst / "tokenizer.json").exists()
+    assert load_tokenizer(str(dst)).encode("Ada Lovelace") == load_tokenizer(
+        str(tiny_base)
+    ).encode("Ada Lovelace")
     assert not (dst / "checkpoints").exists()
+    # a tokenizer that differs from the base's travels with the adapter
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    (out / "tokenizer_config.json").write_text(json.dumps({**cfg, "model_max_length": 77}))
+    names = {p.name for p in export_model(out, tmp_path / "asset3")}
+    assert {"tokenizer.json", "tokenizer_config.json"} <= names
+    assert load_tokenizer(str(tmp_path / "asset3")).model_max_length == 77
     from padellm_ner.train.cli import main
 
     assert (

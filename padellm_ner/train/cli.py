@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from padellm_ner.errors import InvalidInputError
+from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.types import Example
 
 __all__ = [
@@ -32,7 +32,6 @@ __all__ = [
     "load_datasets",
     "main",
     "render_groups",
-    "render_pairs",
     "run_train",
 ]
 
@@ -144,17 +143,6 @@ def render_groups(
         if pairs:
             groups.append(pairs)
     return groups
-
-
-def render_pairs(
-    examples: Sequence[Example],
-    spec: DatasetSpec,
-    fmt_name: str,
-    zero_count_keep: float = 1.0,
-    seed: int = 0,
-) -> list[Any]:
-    """``render_groups`` flattened."""
-    return [p for g in render_groups(examples, spec, fmt_name, zero_count_keep, seed) for p in g]
 
 
 def encode_units(
@@ -369,6 +357,14 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the tokenizer's files: an adapter leaves them out when they are the base's own
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
 #: what a servable trained folder needs (checkpoints, logs and the PEFT README stay behind)
 EXPORT_FILES = (
     "adapter_model.safetensors",
@@ -396,7 +392,9 @@ def export_model(
             fp16 halves the committed file, and loading casts back to the model's dtype.
 
     Returns:
-        The copied paths.
+        The copied paths. An adapter whose tokenizer files are byte-for-byte the base's
+        leaves them out (loading falls back to the base's tokenizer), so a committed
+        adapter does not carry a second copy of the vocabulary.
     """
     import shutil
 
@@ -404,9 +402,12 @@ def export_model(
     if not (src / "adapter_config.json").exists() and not (src / "config.json").exists():
         raise InvalidInputError(f"{src} holds no trained model (run train first)")
     dst.mkdir(parents=True, exist_ok=True)
+    skip = set(TOKENIZER_FILES) if _same_tokenizer_as_base(src) else set()
     copied = []
     for name in EXPORT_FILES:
-        if (src / name).exists():
+        if name in skip:
+            (dst / name).unlink(missing_ok=True)  # NOTE: a stale copy from an older export
+        elif (src / name).exists():
             shutil.copy2(src / name, dst / name)
             copied.append(dst / name)
     adapter = dst / "adapter_model.safetensors"
@@ -421,6 +422,24 @@ def export_model(
         save_file(weights, adapter, metadata={"format": "pt"})
         adapter.chmod(0o644)  # NOTE: save_file writes 0600; the asset is meant to be read by all
     return copied
+
+
+def _same_tokenizer_as_base(src: Path) -> bool:
+    """True when ``src`` is an adapter whose tokenizer files equal its base model's."""
+    from padellm_ner.models import adapter_base, resolve_model_dir
+
+    if not (src / "adapter_config.json").exists():
+        return False
+    try:
+        base_dir = resolve_model_dir(adapter_base(src) or "")
+    except PadellmError:
+        return False
+    present = [n for n in TOKENIZER_FILES if (src / n).exists() or (base_dir / n).exists()]
+    return bool(present) and all(
+        (src / n).is_file() and (base_dir / n).is_file()
+        and (src / n).read_bytes() == (base_dir / n).read_bytes()
+        for n in present
+    )
 
 
 def _stages(meta: dict[str, Any]) -> list[dict[str, Any]]:
