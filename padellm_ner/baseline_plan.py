@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from padellm_ner.codec import PromptCodec
 from padellm_ner.grounding import ground_mentions
 from padellm_ner.llm import LLM, AsyncLLM, GenerationRequest, GenerationResult
-from padellm_ner.plan import gather_or_cancel
+from padellm_ner.plan import gather_or_cancel, generate_split
 from padellm_ner.prompts import get_format
 from padellm_ner.prompts.base import Completion
 from padellm_ner.types import Entity
 
-__all__ = ["BaselinePlan", "run_baseline", "arun_baseline"]
+__all__ = ["BaselinePlan", "run_baseline", "run_baselines", "arun_baseline"]
 
 
 class BaselinePlan:
@@ -85,6 +85,12 @@ class BaselinePlan:
 def run_baseline(plan: BaselinePlan, llm: LLM) -> list[Entity]:
     """Decode every sequence in one batch (in-process)."""
     return plan.accept(llm.generate(plan.requests()))
+
+
+def run_baselines(plans: Sequence[BaselinePlan], llm: LLM) -> list[list[Entity]]:
+    """Several sentences' sequences in one engine run (offline work such as ``evaluate``)."""
+    results = generate_split(llm, [p.requests() for p in plans])
+    return [plan.accept(part) for plan, part in zip(plans, results)]
 
 
 async def arun_baseline(plan: BaselinePlan, llm: AsyncLLM) -> list[Entity]:

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding method (default: the one the model was trained for)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
+    p.add_argument("--batch-sentences", type=int, default=8,
+                   help="sentences decoded together (throughput only: scores are per sentence)")
 
     p = sub.add_parser("bench", help="latency and load benchmarks (tables + chart)")
     bsub = p.add_subparsers(dest="bench_command", required=True)

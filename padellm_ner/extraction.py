@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from padellm_ner.baseline_plan import BaselinePlan, run_baseline
+from padellm_ner.baseline_plan import BaselinePlan, run_baselines
 from padellm_ner.codec import PromptCodec
 from padellm_ner.engine import TorchLLM
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.llm import LLM
-from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, run_plan
+from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, run_plans
 from padellm_ner.types import Entity
 
 __all__ = ["ModelInfo", "ExtractionOutput", "Extractor", "read_model_info", "detect_lang"]
@@ -125,43 +125,80 @@ class Extractor:
         self, text: str, labels: Sequence[str] | None = None, lang: str | None = None
     ) -> ExtractionOutput:
         """Entities of ``text`` for ``labels`` (tags; default: the model's)."""
-        if not text or not text.strip():
-            raise InvalidInputError("text is empty; pass the sentence to analyse")
-        if "\x00" in text:
-            raise InvalidInputError("text contains a NUL byte; remove it")
+        return self.extract_batch([text], labels, [lang])[0]
+
+    def extract_batch(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[str] | None = None,
+        langs: Sequence[str | None] | None = None,
+    ) -> list[ExtractionOutput]:
+        """Several sentences in one engine run (each phase of every sentence batched together).
+
+        For offline work (``evaluate``): per sentence the result is ``extract``'s, since
+        decoding is greedy; the engine reads the weights once per step for all of them.
+        """
         labels = list(labels) if labels is not None else self.default_labels
         if not labels:
             raise InvalidInputError("labels is empty; name at least one entity type")
-        lang = lang or (self.info.lang if self.info.trained else detect_lang(text))
+        langs = list(langs) if langs is not None else [None] * len(texts)
+        if len(langs) != len(texts):
+            raise InvalidInputError(f"{len(texts)} texts but {len(langs)} languages")
+        for text in texts:
+            _check_text(text)
+        langs = [
+            lang or (self.info.lang if self.info.trained else detect_lang(text))
+            for text, lang in zip(texts, langs)
+        ]
         if self.method == "padellm":
-            return self._padellm(text, labels, lang)
-        return self._baseline(text, labels, lang)
+            return self._padellm(texts, labels, langs)
+        return self._baseline(texts, labels, langs)
 
-    def _padellm(self, text: str, labels: list[str], lang: str) -> ExtractionOutput:
+    def _padellm(
+        self, texts: Sequence[str], labels: list[str], langs: Sequence[str]
+    ) -> list[ExtractionOutput]:
         words = self._words(labels)
         tag_of = {word: tag for tag, word in words.items()}
-        plan = PaDeLLMPlan(text, list(words.values()), self.codec, self.plan_config, lang)
-        entities = [
-            Entity(tag_of.get(e.label, e.label), e.text, e.start, e.end, e.score)
-            for e in run_plan(plan, self.llm)
+        plans = [
+            PaDeLLMPlan(text, list(words.values()), self.codec, self.plan_config, lang)
+            for text, lang in zip(texts, langs)
         ]
-        output = _output(entities, plan.stats)
-        output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
-        return output
+        outputs = []
+        for plan, found in zip(plans, run_plans(plans, self.llm)):
+            entities = [Entity(tag_of.get(e.label, e.label), e.text, e.start, e.end, e.score) for e in found]
+            output = _output(entities, plan.stats)
+            output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
+            outputs.append(output)
+        return outputs
 
-    def _baseline(self, text: str, labels: list[str], lang: str) -> ExtractionOutput:
-        plan = BaselinePlan(
-            self.method, text, self._words(labels), self.codec, lang, self.max_new_tokens
-        )
-        entities = run_baseline(plan, self.llm)
-        steps = plan.steps
-        return ExtractionOutput(
-            entities=entities,
-            num_sequences=len(steps),
-            num_generated_tokens=sum(steps),
-            critical_path_steps=max(steps, default=0),
-            critical_path_steps_batch=max(steps, default=0),
-        )
+    def _baseline(
+        self, texts: Sequence[str], labels: list[str], langs: Sequence[str]
+    ) -> list[ExtractionOutput]:
+        words = self._words(labels)
+        plans = [
+            BaselinePlan(self.method, text, words, self.codec, lang, self.max_new_tokens)
+            for text, lang in zip(texts, langs)
+        ]
+        outputs = []
+        for plan, entities in zip(plans, run_baselines(plans, self.llm)):
+            steps = plan.steps
+            outputs.append(
+                ExtractionOutput(
+                    entities=entities,
+                    num_sequences=len(steps),
+                    num_generated_tokens=sum(steps),
+                    critical_path_steps=max(steps, default=0),
+                    critical_path_steps_batch=max(steps, default=0),
+                )
+            )
+        return outputs
+
+
+def _check_text(text: str) -> None:
+    if not text or not text.strip():
+        raise InvalidInputError("text is empty; pass the sentence to analyse")
+    if "\x00" in text:
+        raise InvalidInputError("text contains a NUL byte; remove it")
 
 
 def _output(entities: list[Entity], stats: PlanStats) -> ExtractionOutput:

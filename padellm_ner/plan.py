@@ -23,7 +23,7 @@ from padellm_ner.llm import LLM, AsyncLLM, GenerationRequest, GenerationResult
 from padellm_ner.prompts.padellm import parse_count, template_for
 from padellm_ner.types import Entity
 
-__all__ = ["PlanConfig", "Dedup", "Mention", "PlanStats", "PaDeLLMPlan", "run_plan", "arun_plan", "gather_or_cancel"]
+__all__ = ["PlanConfig", "Dedup", "Mention", "PlanStats", "PaDeLLMPlan", "run_plan", "run_plans", "generate_split", "arun_plan", "gather_or_cancel"]
 
 logger = logging.getLogger(__name__)
 
@@ -254,11 +254,37 @@ class PaDeLLMPlan:
 
 def run_plan(plan: PaDeLLMPlan, llm: LLM) -> list[Entity]:
     """Batch mode: all counts in one batch, then all mentions in one batch."""
-    plan.accept_counts(llm.generate(plan.count_requests()))
-    requests = plan.mention_requests()
-    if requests:
-        plan.accept_mentions(llm.generate(requests))
-    return plan.entities()
+    return run_plans([plan], llm)[0]
+
+
+def run_plans(plans: Sequence[PaDeLLMPlan], llm: LLM) -> list[list[Entity]]:
+    """Batch mode over several sentences at once (offline work such as ``evaluate``).
+
+    Every sentence's counts go in one engine run, then every sentence's mentions: the
+    weights are read once per step for all of them, which is what makes a CPU fast.
+    Greedy decoding makes each sentence's result the same as with ``run_plan`` alone.
+    """
+    results = generate_split(llm, [p.count_requests() for p in plans])
+    for plan, part in zip(plans, results):
+        plan.accept_counts(part)
+    results = generate_split(llm, [p.mention_requests() for p in plans])
+    for plan, part in zip(plans, results):
+        if part:
+            plan.accept_mentions(part)
+    return [p.entities() for p in plans]
+
+
+def generate_split(
+    llm: LLM, groups: Sequence[Sequence[GenerationRequest]]
+) -> list[list[GenerationResult]]:
+    """One ``llm.generate`` over several groups of requests, results handed back per group."""
+    flat = [r for group in groups for r in group]
+    out = llm.generate(flat) if flat else []
+    parts, at = [], 0
+    for group in groups:
+        parts.append(list(out[at : at + len(group)]))
+        at += len(group)
+    return parts
 
 
 LabelCallback = Callable[[str, list[Entity]], Awaitable[None]]

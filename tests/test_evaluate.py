@@ -117,3 +117,10 @@ def test_shards_merge_to_the_whole(extractor: Extractor, tmp_path, capsys) -> No
     (tmp_path / "bad.json").write_text("{}")
     assert main(["evaluate", "--merge", str(tmp_path / "bad.json")]) == 2
     assert "not an `evaluate --json` report" in capsys.readouterr().err
+
+
+def test_batching_sentences_does_not_change_the_report(extractor: Extractor) -> None:
+    one = evaluate_model(extractor, EXAMPLES, LABELS, progress=False).to_dict()
+    two = evaluate_model(extractor, EXAMPLES, LABELS, progress=False, batch_sentences=2).to_dict()
+    assert two == one
+

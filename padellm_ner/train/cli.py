@@ -209,7 +209,9 @@ def _eval_end(
                 extractor = Extractor.from_pretrained(
                     str(out), device=trainer.device, dtype="float32", method=args.format
                 )
-                report = evaluate_model(extractor, dev, list(spec.tags), progress=False)
+                report = evaluate_model(
+                    extractor, dev, list(spec.tags), progress=False, batch_sentences=8
+                )
                 entry["f1"] = report.to_dict()
                 del extractor
             except Exception as exc:  # noqa: BLE001 - eval must not lose a finished run
@@ -459,7 +461,7 @@ def model_card(
     meta: dict[str, Any],
     command: str | Sequence[str],
     test_report: str | None = None,
-    machine: str = "2-core CPU (AMD EPYC, AVX2), no GPU; 1 torch thread",
+    machine: str = "2-core CPU (AMD EPYC, AVX2), no GPU",
 ) -> str:
     """A MODEL_CARD.md for a trained folder, from its ``padellm.json`` (train + eval filled in).
 
@@ -513,7 +515,9 @@ def model_card(
             f"- lr {tr.get('lr')}, warmup {tr.get('warmup')}, {tr.get('batch_tokens')} padded tokens "
             f"per step, {tr.get('steps')}/{tr.get('total_steps')} steps "
             f"({float(tr.get('epochs_done') or 0):.2f} epoch), seed {tr.get('seed')}.",
-            f"- Wall time {float(tr.get('train_wall_s') or 0) / 60:.1f} min; {tr.get('tokens_per_s')} "
+            f"- Wall time {float(tr.get('train_wall_s') or 0) / 60:.1f} min on {tr.get('device', '?')}"
+            + (f" with {tr['threads']} torch thread(s)" if tr.get("threads") else "")
+            + f"; {tr.get('tokens_per_s')} "
             f"computed tokens/s = {tr.get('raw_tokens_per_s')} sequence tokens/s; final train loss "
             f"(mean of the last 10 steps) {tr.get('final_loss')}.",
         ]

@@ -1,0 +1,50 @@
+"""``Extractor.extract_batch`` (what ``evaluate`` uses) answers each sentence as ``extract``.
+
+Real parts: the committed default adapter on the SmolLM2 base, the real engine. Batching
+sentences only changes how many rows share an engine step; greedy decoding must give every
+sentence the same entities, scores and step counts as decoding it alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from padellm_ner.errors import InvalidInputError
+from padellm_ner.extraction import Extractor
+
+TEXTS = [
+    "Japan, co-hosts of the World Cup in 2002 with Korea, are favourites .",
+    "EU rejects German call to boycott British lamb .",
+    "Peter Blackburn",
+]
+
+
+@pytest.fixture(scope="module")
+def extractor() -> Extractor:
+    return Extractor.from_pretrained("default", device="cpu", dtype="float32")
+
+
+def _key(out) -> tuple:
+    ents = [(e.label, e.text, e.start, e.end, round(e.score, 4)) for e in out.entities]
+    return ents, out.num_sequences, out.num_generated_tokens, out.critical_path_steps
+
+
+@pytest.mark.parametrize("method", ["padellm", "ar_struct"])
+def test_batch_equals_one_at_a_time(extractor: Extractor, method: str) -> None:
+    extractor.method, extractor.max_new_tokens = method, 24
+    try:
+        alone = [extractor.extract(t) for t in TEXTS]
+        together = extractor.extract_batch(TEXTS)
+    finally:
+        extractor.method, extractor.max_new_tokens = "padellm", 160
+    assert [_key(o) for o in together] == [_key(o) for o in alone]
+    if method == "padellm":
+        assert [o.counts for o in together] == [o.counts for o in alone]
+        assert any(o.entities for o in alone)  # the adapter finds something: not a vacuous check
+
+
+def test_batch_rejects_bad_input(extractor: Extractor) -> None:
+    with pytest.raises(InvalidInputError, match="empty"):
+        extractor.extract_batch(["Japan .", "  "])
+    with pytest.raises(InvalidInputError, match="languages"):
+        extractor.extract_batch(["Japan ."], langs=["en", "en"])
