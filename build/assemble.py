@@ -30,7 +30,11 @@ def _pbtxt_string(value: str) -> str:
 
 
 def model_labels(model: str) -> tuple[list[str] | None, str | None]:
-    """Labels and language recorded with a model (``padellm.json`` in its folder), if any."""
+    """Labels (tags) and language recorded with a model (``padellm.json`` in its folder), if any.
+
+    Tags, not prompt words: requests and responses speak tags (``PER.NAM``); the
+    orchestrator puts the model's words for them (``人名``) into the prompts.
+    """
     path = Path(model)
     if not path.is_dir():
         try:
@@ -43,7 +47,7 @@ def model_labels(model: str) -> tuple[list[str] | None, str | None]:
     if not record.is_file():
         return None, None
     data = json.loads(record.read_text())
-    return data.get("labels"), data.get("lang")
+    return data.get("tags") or data.get("labels"), data.get("lang")
 
 
 def portable_model(model: str, check: bool = True) -> str:

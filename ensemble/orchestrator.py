@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +24,7 @@ from padellm_ensemble.validation import (
 from padellm_ner.baseline_plan import BaselinePlan, arun_baseline
 from padellm_ner.codec import PromptCodec
 from padellm_ner.llm import AsyncLLM
+from padellm_ner.model_info import read_model_info, retag, words_for
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, arun_plan
 from padellm_ner.types import Entity
 
@@ -79,6 +80,8 @@ class OrchestratorConfig:
         method: ``padellm``, or a baseline (``ar_struct``, ``ar_aug``, ``onestep``) served
             the same way for comparison (``bench load``).
         max_new_tokens: a baseline sequence's token limit.
+        label_words: ``{tag: prompt word}`` the model was trained with (``padellm.json``);
+            requests and responses speak tags, the prompts the words.
     """
 
     labels: tuple[str, ...]
@@ -89,6 +92,7 @@ class OrchestratorConfig:
     cancel_poll_s: float = 0.05
     method: str = "padellm"
     max_new_tokens: int = 160
+    label_words: Mapping[str, str] = field(default_factory=dict)
 
 
 def entity_tensors(label: str, entities: Sequence[Entity]) -> dict[str, np.ndarray]:
@@ -158,9 +162,11 @@ class Orchestrator:
             await self._extract_baseline(request, sink)
             return
         config = self.config.plan
+        words = words_for(self.config.label_words, request.labels)
+        tag_of = {word: tag for tag, word in words.items()}
         plan = PaDeLLMPlan(
             request.text,
-            request.labels,
+            list(words.values()),
             self.codec,
             PlanConfig(
                 max_mentions=request.max_mentions,
@@ -173,25 +179,28 @@ class Orchestrator:
         if request.stream:
             num_sent = 0
 
-            async def on_label(label: str, entities: list[Entity]) -> None:
+            async def on_label(word: str, entities: list[Entity]) -> None:
                 nonlocal num_sent
                 num_sent += 1
                 # NOTE: arun_plan calls on_label once per label, so the last one is final.
-                sink.send(entity_tensors(label, entities), final=num_sent == len(plan.labels))
+                sink.send(
+                    entity_tensors(tag_of.get(word, word), retag(entities, tag_of)),
+                    final=num_sent == len(plan.labels),
+                )
 
             await arun_plan(plan, self.llm, self.config.max_concurrency, on_label)
             if num_sent != len(plan.labels):
                 self._send_final(sink)
         else:
             entities = await arun_plan(plan, self.llm, self.config.max_concurrency)
-            sink.send(entity_tensors("", entities), final=True)
+            sink.send(entity_tensors("", retag(entities, tag_of)), final=True)
 
     async def _extract_baseline(self, request: NERRequest, sink: ResponseSink) -> None:
         """A baseline decodes all labels together: streaming sends them one by one at the end."""
         plan = BaselinePlan(
             self.config.method,
             request.text,
-            {label: label for label in request.labels},
+            words_for(self.config.label_words, request.labels),
             self.codec,
             self.config.lang,
             self.config.max_new_tokens,
@@ -235,7 +244,6 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
     import json
 
     from padellm_ensemble.llm_client import BLSAsyncLLM
-    from padellm_ner.extraction import read_model_info
     from padellm_ner.models import end_token_id, load_tokenizer, resolve_model_dir
 
     def get(key: str, default: str) -> str:
@@ -257,9 +265,11 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         max_mention_tokens=int(get("max_mention_tokens", "24")),
     )
     # NOTE: the method the model was trained for (padellm.json), unless the config overrides it.
-    method = get("method", "") or read_model_info(model_dir).format
+    info = read_model_info(model_dir)
+    method = get("method", "") or info.format
     config = OrchestratorConfig(
         method=method,
+        label_words=dict(info.label_words),
         max_new_tokens=int(get("max_new_tokens", "160")),
         labels=labels,
         lang=get("lang", "en"),

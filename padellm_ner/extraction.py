@@ -8,11 +8,9 @@ was trained for; extract, evaluate and bench all go through this class.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from padellm_ner.baseline_plan import BaselinePlan, run_baselines
@@ -20,50 +18,13 @@ from padellm_ner.codec import PromptCodec
 from padellm_ner.engine import TorchLLM
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.llm import LLM
+from padellm_ner.model_info import ModelInfo, detect_lang, read_model_info, retag
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, run_plans
 from padellm_ner.types import Entity
 
 __all__ = ["ModelInfo", "ExtractionOutput", "Extractor", "read_model_info", "detect_lang"]
 
 logger = logging.getLogger(__name__)
-
-#: Labels asked for when neither the caller nor the model says (CoNLL-2003's).
-FALLBACK_LABELS = ("LOC", "PER", "ORG", "MISC")
-
-
-@dataclass
-class ModelInfo:
-    """What a trained model folder records about itself (``padellm.json``)."""
-
-    format: str = "padellm"
-    tags: list[str] = field(default_factory=lambda: list(FALLBACK_LABELS))
-    label_words: dict[str, str] = field(default_factory=dict)
-    lang: str = "en"
-    trained: bool = False
-
-
-def read_model_info(path: Path | None) -> ModelInfo:
-    """``padellm.json`` of a model folder, or defaults for an untrained base."""
-    meta = path / "padellm.json" if path else None
-    if meta is None or not meta.exists():
-        return ModelInfo()
-    data = json.loads(meta.read_text())
-    tags = list(data.get("tags") or data.get("labels") or FALLBACK_LABELS)
-    words = list(data.get("labels") or tags)
-    return ModelInfo(
-        format=data.get("format", "padellm"),
-        tags=tags,
-        label_words=dict(zip(tags, words)),
-        lang=data.get("lang", "en"),
-        trained=True,
-    )
-
-
-def detect_lang(text: str) -> str:
-    """``zh`` when the text is mostly CJK characters, else ``en``."""
-    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
-    return "zh" if cjk * 2 >= max(1, len(text.strip())) else "en"
-
 
 @dataclass
 class ExtractionOutput:
@@ -118,9 +79,6 @@ class Extractor:
     def default_labels(self) -> list[str]:
         return list(self.info.tags)
 
-    def _words(self, labels: Sequence[str]) -> dict[str, str]:
-        return {tag: self.info.label_words.get(tag, tag) for tag in labels}
-
     def extract(
         self, text: str, labels: Sequence[str] | None = None, lang: str | None = None
     ) -> ExtractionOutput:
@@ -157,7 +115,7 @@ class Extractor:
     def _padellm(
         self, texts: Sequence[str], labels: list[str], langs: Sequence[str]
     ) -> list[ExtractionOutput]:
-        words = self._words(labels)
+        words = self.info.words_for(labels)
         tag_of = {word: tag for tag, word in words.items()}
         plans = [
             PaDeLLMPlan(text, list(words.values()), self.codec, self.plan_config, lang)
@@ -165,8 +123,7 @@ class Extractor:
         ]
         outputs = []
         for plan, found in zip(plans, run_plans(plans, self.llm)):
-            entities = [Entity(tag_of.get(e.label, e.label), e.text, e.start, e.end, e.score) for e in found]
-            output = _output(entities, plan.stats)
+            output = _output(retag(found, tag_of), plan.stats)
             output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
             outputs.append(output)
         return outputs
@@ -174,7 +131,7 @@ class Extractor:
     def _baseline(
         self, texts: Sequence[str], labels: list[str], langs: Sequence[str]
     ) -> list[ExtractionOutput]:
-        words = self._words(labels)
+        words = self.info.words_for(labels)
         plans = [
             BaselinePlan(self.method, text, words, self.codec, lang, self.max_new_tokens)
             for text, lang in zip(texts, langs)

@@ -66,6 +66,20 @@ def test_assemble_makes_model_folders_absolute_and_rejects_missing_ones(tmp_path
     assert not (tmp_path / "r2").exists()
 
 
+def test_assemble_serves_the_model_tags_not_its_prompt_words(tmp_path):
+    import json
+
+    from padellm_build.assemble import assemble_repository
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    record = {"format": "padellm", "tags": ["PER.NAM"], "labels": ["人名"], "lang": "zh"}
+    (tmp_path / "m" / "padellm.json").write_text(json.dumps(record))
+    padellm = (assemble_repository(tmp_path / "r", str(tmp_path / "m")) / "padellm" / "config.pbtxt").read_text()
+    assert '"[\\"PER.NAM\\"]"' in padellm and "人名" not in padellm
+    assert 'key: "lang" value: { string_value: "zh" }' in padellm
+
+
 def test_assemble_python_repository(tmp_path):
     from padellm_build.assemble import assemble_repository
 
@@ -289,7 +303,9 @@ def test_orchestrator_serves_a_baseline_like_the_extractor(method):
     gold = Example(text, [Entity("PER", "Peter Blackburn", 0, 15), Entity("LOC", "Japan", 20, 25),
                           Entity("LOC", "Japan", 29, 34)])  # fmt: skip
     labels = ["LOC", "PER", "ORG"]
-    fmt = get_format(method, "en", {label: label for label in labels})
+    # the model's prompt words differ from its tags: requests and responses speak tags
+    words = {"LOC": "location", "PER": "person", "ORG": "organization"}
+    fmt = get_format(method, "en", words)
     targets = {p.prompt: p.target for p in fmt.render(gold, labels)}
     tokenizer = load_tokenizer("smollm2-135m")
     codec = PromptCodec(tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>"))
@@ -306,7 +322,7 @@ def test_orchestrator_serves_a_baseline_like_the_extractor(method):
             await asyncio.sleep(0)
             return answer(request)
 
-    config = OrchestratorConfig(labels=tuple(labels), method=method)
+    config = OrchestratorConfig(labels=tuple(labels), method=method, label_words=words)
     orch = Orchestrator(config, codec, _Scripted())
     sink = _Sink()
     asyncio.run(orch.handle({"TEXT": np.array([text.encode()], dtype=object)}.get, sink))
@@ -316,7 +332,8 @@ def test_orchestrator_serves_a_baseline_like_the_extractor(method):
                       outputs["ENTITY_STARTS"].tolist(), outputs["ENTITY_ENDS"].tolist()))  # fmt: skip
     assert served == [(b"PER", b"Peter Blackburn", 0, 15), (b"LOC", b"Japan", 20, 25), (b"LOC", b"Japan", 29, 34)]
 
-    local = Extractor(_Scripted(), codec, ModelInfo(format=method, tags=labels)).extract(text)
+    info = ModelInfo(format=method, tags=labels, label_words=words)
+    local = Extractor(_Scripted(), codec, info).extract(text)
     assert [(e.label.encode(), e.text.encode(), e.start, e.end) for e in local.entities] == served
 
     sink = _Sink()
@@ -325,3 +342,58 @@ def test_orchestrator_serves_a_baseline_like_the_extractor(method):
     assert [o["LABEL"][0] for o, _, _ in sink.sent] == [b"LOC", b"PER", b"ORG"]
     assert [f for *_, f in sink.sent] == [False, False, True]
     assert sum(len(o["ENTITY_TEXTS"]) for o, _, _ in sink.sent) == 3
+
+
+def test_orchestrator_prompts_with_the_model_words_and_answers_with_tags():
+    """A model trained with ``--labels-file`` (tag -> words): PaDeLLM prompts carry the words.
+
+    Scripted LLM (fake of the LLM protocol) answering PaDeLLM prompts by the word it reads;
+    real SmolLM2 tokenizer and the real plan.
+    """
+    import re
+
+    from padellm_ner.codec import PromptCodec
+    from padellm_ner.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    codec = PromptCodec(tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    text = "Peter Blackburn met Japan ."
+    found = {"person name": ["Peter Blackburn"], "place name": ["Japan"]}
+    seen_words = []
+
+    async def agenerate(request):
+        prompt = codec.decode(list(request.prompt_ids))
+        match = re.match(r"text:\n(.*)\nentity type:\n(.*)\n\n<num>(.*)", prompt, re.S)
+        seen_words.append(match.group(2))
+        mentions = found.get(match.group(2), [])
+        tail = re.search(r"<mention (\d+)>$", match.group(3))
+        if tail is None:
+            answer = f"{len(mentions)}\n" if mentions else "0"
+        else:
+            answer = mentions[int(tail.group(1)) - 1]
+        ids = codec.encode(answer) + ([] if answer.endswith("\n") else [codec.end_id])
+        return GenerationResult(ids, [-0.01] * len(ids), "stop")
+
+    class _Scripted:
+        pass
+
+    llm = _Scripted()
+    llm.agenerate = agenerate
+    words = {"PER.NAM": "person name", "GPE.NAM": "place name", "ORG.NAM": "organization name"}
+    config = OrchestratorConfig(labels=tuple(words), label_words=words)
+    orch = Orchestrator(config, codec, llm)
+    sink = _Sink()
+    asyncio.run(orch.handle({"TEXT": np.array([text.encode()], dtype=object)}.get, sink))
+    ((outputs, error, final),) = sink.sent
+    assert error is None and final
+    assert set(seen_words) == set(words.values())
+    assert list(zip(outputs["ENTITY_LABELS"].tolist(), outputs["ENTITY_STARTS"].tolist())) == [
+        (b"PER.NAM", 0), (b"GPE.NAM", 20)
+    ]
+    sink = _Sink()
+    stream = {"TEXT": np.array([text.encode()], dtype=object), "STREAM": np.array([True]),
+              "LABELS": np.array([b"GPE.NAM"], dtype=object)}  # fmt: skip
+    asyncio.run(orch.handle(stream.get, sink))
+    ((outputs, error, final),) = sink.sent
+    assert outputs["LABEL"].tolist() == [b"GPE.NAM"] and outputs["ENTITY_LABELS"].tolist() == [b"GPE.NAM"]
+
