@@ -396,3 +396,26 @@ def test_export_copies_only_servable_files(
     card = (tmp_path / "asset2" / "MODEL_CARD.md").read_text()
     assert "padellm-ner train X" in card and "not measured" in card
     assert load_model(str(dst)).is_adapter
+
+
+def test_training_curve_follows_warm_start_stages(tmp_path: Path) -> None:
+    """The model card's curve covers the run and the runs it warm-started from."""
+    from padellm_ner.train.cli import _stages
+    from padellm_ner.train.curve import plot_training_curve, stage_dirs
+
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    for run, init, n in ((first, None, 30), (second, str(first), 40)):
+        run.mkdir()
+        train = {"sentences": {"conll2003": n}, "epochs_done": 1.0, "init_adapter": init}
+        meta = {"format": "padellm", "train": train, "eval": {"conll2003": {"f1": {"f1": n / 2}}}}
+        (run / "padellm.json").write_text(json.dumps(meta))
+        (run / "train_log.jsonl").write_text(
+            "\n".join(json.dumps({"epoch": e, "loss": 1 / (1 + e)}) for e in (0.5, 1.0))
+        )
+    assert stage_dirs(second) == [first, second] and stage_dirs(first) == [first]
+    assert [s["train"]["sentences"]["conll2003"] for s in _stages(json.loads((second / "padellm.json").read_text()))] == [30, 40]
+    png = plot_training_curve(second, tmp_path / "curve.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (first / "train_log.jsonl").unlink()
+    (second / "train_log.jsonl").unlink()
+    assert plot_training_curve(second, tmp_path / "none.png") is None

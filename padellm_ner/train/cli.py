@@ -446,15 +446,13 @@ def _same_tokenizer_as_base(src: Path) -> bool:
 
 def _stages(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's training stages, oldest first (a warm start records its ``init_adapter``)."""
-    stages = [meta]
-    seen = set()
-    while (init := stages[0].get("train", {}).get("init_adapter")) and init not in seen:
-        seen.add(init)
-        path = Path(init) / META_FILE
-        if not path.is_file():
-            break
-        stages.insert(0, json.loads(path.read_text(encoding="utf-8")))
-    return stages
+    from padellm_ner.train.curve import stage_dirs
+
+    init = meta.get("train", {}).get("init_adapter")
+    if not init or not (Path(init) / META_FILE).is_file():
+        return [meta]
+    earlier = [json.loads((d / META_FILE).read_text(encoding="utf-8")) for d in stage_dirs(init)]
+    return [*earlier, meta]
 
 
 def model_card(
@@ -462,6 +460,7 @@ def model_card(
     command: str | Sequence[str],
     test_report: str | None = None,
     machine: str = "2-core CPU (AMD EPYC, AVX2), no GPU",
+    curve: str | None = None,
 ) -> str:
     """A MODEL_CARD.md for a trained folder, from its ``padellm.json`` (train + eval filled in).
 
@@ -501,6 +500,8 @@ def model_card(
         f"- Machine: {machine}.",
         "",
     ]
+    if curve:
+        lines += [f"![training curve: loss per stage and dev F1]({curve})", ""]
     for i, st in enumerate(stages):
         tr = st.get("train", {})
         skip = int(tr.get("skip") or 0)
@@ -562,12 +563,14 @@ def _export_main(argv: list[str]) -> int:
     )
     p.add_argument("--test-report", help="a file holding the test evaluation output")
     args = p.parse_args(argv)
+    from padellm_ner.train.curve import plot_training_curve
+
     export_model(args.run, args.dst)
     meta = json.loads((Path(args.run) / META_FILE).read_text(encoding="utf-8"))
     report = Path(args.test_report).read_text(encoding="utf-8") if args.test_report else None
-    (Path(args.dst) / "MODEL_CARD.md").write_text(
-        model_card(meta, args.command, report), encoding="utf-8"
-    )
+    curve = plot_training_curve(args.run, Path(args.dst) / "training_curve.png")
+    card = model_card(meta, args.command, report, curve=curve.name if curve else None)
+    (Path(args.dst) / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     print(f"exported {args.run} -> {args.dst}")
     return 0
 
