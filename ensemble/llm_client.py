@@ -43,15 +43,17 @@ Transport = Callable[[str, Mapping[str, np.ndarray], str], Iterable[Mapping[str,
 LLM_OUTPUTS = ("output_ids", "sequence_length", "output_log_probs", "cum_log_probs")
 
 
-def stop_words_tensor(stop_ids: Sequence[int]) -> np.ndarray:
-    """Single-token stop words in tensorrt_llm's ``[2, num_words]`` layout.
+def stop_words_tensor(words: Sequence[int | Sequence[int]]) -> np.ndarray:
+    """Stop words (a token id, or a tuple of ids) in tensorrt_llm's ``[2, n]`` layout.
 
-    Row 0 holds the concatenated word ids, row 1 the cumulative end offsets
-    (padded with -1 where row 0 is longer; never here since every word is one token).
+    Row 0 holds the concatenated word ids, row 1 the cumulative end offsets of the words,
+    padded with -1 to row 0's length.
     """
-    ids = np.asarray(list(stop_ids), dtype=np.int32)  # [num_words]
-    offsets = np.arange(1, len(ids) + 1, dtype=np.int32)  # [num_words]
-    return np.stack([ids, offsets])  # [2, num_words]
+    seqs = [[int(w)] if isinstance(w, (int, np.integer)) else [int(x) for x in w] for w in words]
+    flat = [x for s in seqs for x in s]
+    offsets = np.cumsum([len(s) for s in seqs]).tolist()
+    row1 = offsets + [-1] * (len(flat) - len(offsets))
+    return np.array([flat, row1], dtype=np.int32)  # [2, total ids]
 
 
 def _shape(value: np.ndarray, batch_dim: bool) -> np.ndarray:
@@ -76,7 +78,7 @@ def build_llm_inputs(
     prompt = np.asarray(request.prompt_ids, dtype=np.int32)  # [prompt_len]
     stops = list(dict.fromkeys(request.stop_ids))
     end = end_id if end_id in stops else -1
-    words = [s for s in stops if s != end]
+    words: list = [s for s in stops if s != end] + [tuple(w) for w in request.stop_words]
     inputs = {
         "input_ids": prompt,
         "input_lengths": np.array([len(prompt)], dtype=np.int32),
@@ -192,7 +194,7 @@ class BLSAsyncLLM:
         finally:
             with self._lock:
                 self._cancelled.discard(req_id)
-        if token_ids and token_ids[-1] in request.stop_ids:
+        if request.stops_at(token_ids):
             reason = "stop"
         elif len(token_ids) >= request.max_new_tokens:
             reason = "length"

@@ -65,17 +65,20 @@ def parse_llm_request(get: Callable[[str], np.ndarray | None], req_id: str) -> L
     end_id = int(_scalar(get, "end_id", -1))
     if end_id >= 0:
         stops.append(end_id)
+    multi: list[tuple[int, ...]] = []
     words = get("stop_words_list")
     if words is not None:
         table = np.asarray(words).reshape(-1, 2, np.asarray(words).shape[-1])[0]  # [2, n]
         flat, offsets = table[0], [int(o) for o in table[1] if o >= 0]
         start = 0
         for end in offsets:
-            word = flat[start:end]
-            if len(word) != 1:
-                # NOTE: the engine stops on single tokens; multi-token words are not served.
-                raise LLMWireError("stop_words_list: only single-token stop words are supported")
-            stops.append(int(word[0]))
+            if not start < end <= len(flat):
+                raise LLMWireError(f"stop_words_list: offset {end} after {start} is out of range")
+            word = tuple(int(x) for x in flat[start:end])
+            if len(word) == 1:
+                stops.append(word[0])
+            else:
+                multi.append(word)
             start = end
     return LLMWireRequest(
         req_id=req_id,
@@ -83,6 +86,7 @@ def parse_llm_request(get: Callable[[str], np.ndarray | None], req_id: str) -> L
             prompt_ids=tuple(int(x) for x in ids[:length]),
             max_new_tokens=max_new,
             stop_ids=tuple(dict.fromkeys(stops)),
+            stop_words=tuple(dict.fromkeys(multi)),
         ),
         streaming=bool(_scalar(get, "streaming", False)),
         return_log_probs=bool(_scalar(get, "return_log_probs", False)),

@@ -23,11 +23,23 @@ class GenerationRequest:
         max_new_tokens: hard bound on generated tokens (``request_output_len``).
         stop_ids: token ids that end the sequence (``end_id`` plus single-token stop
             words); the stop token is returned in ``token_ids``.
+        stop_words: stop words of several tokens (``stop_words_list``); the sequence ends
+            once its generated tokens end with one, and the word stays in ``token_ids``.
     """
 
     prompt_ids: tuple[int, ...]
     max_new_tokens: int
     stop_ids: tuple[int, ...] = ()
+    stop_words: tuple[tuple[int, ...], ...] = ()
+
+    def stops_at(self, token_ids: Sequence[int]) -> bool:
+        """True when generated ``token_ids`` end with a stop id or a stop word."""
+        if not token_ids:
+            return False
+        if token_ids[-1] in self.stop_ids:
+            return True
+        tail = tuple(token_ids[-max((len(w) for w in self.stop_words), default=0) :])
+        return any(tail[len(tail) - len(w) :] == w for w in self.stop_words if len(w) <= len(tail))
 
 
 @dataclass

@@ -174,3 +174,22 @@ def test_prefix_reuse_keeps_rows_apart() -> None:
         got = TorchLLM(core).generate(reqs)
         assert [r.token_ids for r in got] == expected, f"phase {n}"
     assert core.stats.num_prefix_cache_hits > 0 and core.stats.num_prompt_tokens_shared > 0
+
+
+def test_multi_token_stop_words_end_a_row_where_they_complete() -> None:
+    """``stop_words_list`` words of several tokens (the tensorrt_llm contract) stop a row."""
+    codec = smollm2_codec()
+    prompt = tuple(codec.encode("Count to ten: one, two, three,"))
+    llm = TorchLLM(_fresh_core())
+    free = llm.generate([GenerationRequest(prompt, 12, (codec.end_id,))])[0].token_ids
+    assert len(free) >= 6, free
+    word = tuple(free[3:5])  # two tokens the model writes anyway
+    first = next(i for i in range(len(free) - 1) if tuple(free[i : i + 2]) == word)
+    stopped, other = llm.generate([
+        GenerationRequest(prompt, 12, (codec.end_id,), stop_words=(word,)),
+        GenerationRequest(prompt, 12, (codec.end_id,), stop_words=((free[0], -5),)),  # never completes
+    ])  # fmt: skip
+    assert stopped.token_ids == free[: first + 2] and stopped.finish_reason == "stop"
+    assert other.token_ids == free  # a batch neighbour's stop word does not touch it
+    req = GenerationRequest(prompt, 12, (codec.end_id,), stop_words=(word,))
+    assert req.stops_at(list(free[: first + 2])) and not req.stops_at(list(free[: first + 1]))

@@ -133,6 +133,14 @@ def test_build_llm_inputs_contract():
     wire = parse_llm_request(inputs.get, "r1")
     assert wire.request == GenerationRequest((5, 6, 7), 4, (2, 10, 11))
     assert parse_llm_request(batched.get, "r1").request == wire.request
+    # stop words of several tokens travel in the same [2, n] table (offsets padded with -1)
+    req = GenerationRequest((5, 6, 7), 4, (2, 10), stop_words=((7, 8, 9), (3, 4)))
+    inputs = build_llm_inputs(req, end_id=2)
+    assert inputs["stop_words_list"].tolist() == [[10, 7, 8, 9, 3, 4], [1, 4, 6, -1, -1, -1]]
+    assert parse_llm_request(inputs.get, "r2").request == req
+    bad = {**inputs, "stop_words_list": np.array([[10, 7], [1, 5]], dtype=np.int32)}
+    with pytest.raises(LLMWireError, match="out of range"):
+        parse_llm_request(bad.get, "r3")
 
 
 def test_parse_llm_outputs_cuts_at_sequence_length():

@@ -40,6 +40,7 @@ class Request:
     prompt_ids: list[int]
     max_new_tokens: int
     stop_ids: frozenset[int]
+    stop_words: tuple[tuple[int, ...], ...] = ()
     status: RequestStatus = RequestStatus.WAITING
     output_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
@@ -55,16 +56,21 @@ class Request:
             prompt_ids=list(request.prompt_ids),
             max_new_tokens=request.max_new_tokens,
             stop_ids=frozenset(request.stop_ids),
+            stop_words=tuple(tuple(w) for w in request.stop_words if w),
         )
 
     def append_token(self, token_id: int, log_prob: float) -> None:
         """Record one generated token and finish the request if it stops or hits the limit."""
         self.output_ids.append(token_id)
         self.log_probs.append(log_prob)
-        if token_id in self.stop_ids:
+        if token_id in self.stop_ids or (self.stop_words and self._ends_with_stop_word()):
             self.status = RequestStatus.FINISHED_STOPPED
         elif len(self.output_ids) >= self.max_new_tokens:
             self.status = RequestStatus.FINISHED_LENGTH
+
+    def _ends_with_stop_word(self) -> bool:
+        out = self.output_ids
+        return any(len(w) <= len(out) and tuple(out[len(out) - len(w) :]) == w for w in self.stop_words)
 
     def to_result(self) -> GenerationResult:
         return GenerationResult(
