@@ -185,9 +185,8 @@ def run_evaluate(args: Namespace) -> int:
     # NOTE: the model's own label words win; the dataset's fill in the rest.
     extractor.info.label_words = {**info.label_words, **extractor.info.label_words}
     labels = args.labels or info.labels
-    result = evaluate_model(
-        extractor, examples, labels, progress=not args.json, batch_sentences=args.batch_sentences
-    )
+    # NOTE: the progress bar goes to stderr, so `--json` keeps stdout clean for a file.
+    result = evaluate_model(extractor, examples, labels, batch_sentences=args.batch_sentences)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:
