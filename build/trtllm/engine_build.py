@@ -131,9 +131,9 @@ def _architecture(hf_dir: Path) -> str:
 
 
 def _adapter_base_dir(adapter_dir: Path) -> Path:
-    from padellm_ner.models import _adapter_base, resolve_model_dir
+    from padellm_ner.models import adapter_base, resolve_model_dir
 
-    base = _adapter_base(adapter_dir)
+    base = adapter_base(adapter_dir)
     if base is None:
         raise EngineBuildError(f"{adapter_dir} is not a LoRA adapter folder")
     return resolve_model_dir(base)
