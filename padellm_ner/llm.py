@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["GenerationRequest", "GenerationResult", "LLM", "AsyncLLM"]
+__all__ = ["GenerationRequest", "GenerationResult", "LLM", "AsyncLLM", "ends_with_stop_word"]
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,15 @@ class GenerationRequest:
 
     def stops_at(self, token_ids: Sequence[int]) -> bool:
         """True when generated ``token_ids`` end with a stop id or a stop word."""
-        if not token_ids:
-            return False
-        if token_ids[-1] in self.stop_ids:
-            return True
-        tail = tuple(token_ids[-max((len(w) for w in self.stop_words), default=0) :])
-        return any(tail[len(tail) - len(w) :] == w for w in self.stop_words if len(w) <= len(tail))
+        return bool(token_ids) and (
+            token_ids[-1] in self.stop_ids or ends_with_stop_word(token_ids, self.stop_words)
+        )
+
+
+def ends_with_stop_word(token_ids: Sequence[int], words: Sequence[tuple[int, ...]]) -> bool:
+    """True when ``token_ids`` end with one of the (multi-token) stop ``words``."""
+    n = len(token_ids)
+    return any(0 < len(w) <= n and tuple(token_ids[n - len(w) :]) == w for w in words)
 
 
 @dataclass

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from padellm_ner.types import Entity
 
-__all__ = ["FALLBACK_LABELS", "ModelInfo", "read_model_info", "detect_lang", "retag", "words_for"]
+__all__ = ["META_FILE", "FALLBACK_LABELS", "ModelInfo", "read_model_info", "detect_lang", "retag", "words_for"]
+
+#: the record ``train`` writes into a model folder
+META_FILE = "padellm.json"
 
 #: Labels asked for when neither the caller nor the model says (CoNLL-2003's).
 FALLBACK_LABELS = ("LOC", "PER", "ORG", "MISC")
@@ -45,7 +48,7 @@ def retag(entities: Sequence[Entity], tag_of: dict[str, str]) -> list[Entity]:
 
 def read_model_info(path: Path | None) -> ModelInfo:
     """``padellm.json`` of a model folder, or defaults for an untrained base."""
-    meta = path / "padellm.json" if path else None
+    meta = path / META_FILE if path else None
     if meta is None or not meta.exists():
         return ModelInfo()
     data = json.loads(meta.read_text())

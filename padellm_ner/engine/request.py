@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from padellm_ner.llm import GenerationRequest, GenerationResult
+from padellm_ner.llm import GenerationRequest, GenerationResult, ends_with_stop_word
 
 __all__ = ["RequestStatus", "Request"]
 
@@ -63,14 +63,10 @@ class Request:
         """Record one generated token and finish the request if it stops or hits the limit."""
         self.output_ids.append(token_id)
         self.log_probs.append(log_prob)
-        if token_id in self.stop_ids or (self.stop_words and self._ends_with_stop_word()):
+        if token_id in self.stop_ids or ends_with_stop_word(self.output_ids, self.stop_words):
             self.status = RequestStatus.FINISHED_STOPPED
         elif len(self.output_ids) >= self.max_new_tokens:
             self.status = RequestStatus.FINISHED_LENGTH
-
-    def _ends_with_stop_word(self) -> bool:
-        out = self.output_ids
-        return any(len(w) <= len(out) and tuple(out[len(out) - len(w) :]) == w for w in self.stop_words)
 
     def to_result(self) -> GenerationResult:
         return GenerationResult(

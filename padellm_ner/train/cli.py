@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from padellm_ner.errors import InvalidInputError, PadellmError
+from padellm_ner.model_info import META_FILE
 from padellm_ner.types import Example
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-META_FILE = "padellm.json"
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from padellm_ner.bench.report import _pyplot
+from padellm_ner.model_info import META_FILE
 
 __all__ = ["stage_dirs", "plot_training_curve"]
-
-META_FILE = "padellm.json"
 
 
 def stage_dirs(run: str | Path) -> list[Path]:
