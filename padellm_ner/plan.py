@@ -136,7 +136,7 @@ class PaDeLLMPlan:
         self.mentions: dict[str, list[Mention]] = {}
         self.stats = PlanStats()
         self._prompt_ids = {
-            label: codec.encode(self.template.count_prompt(text, label)) for label in self.labels
+            label: codec.encode_prompt(self.template.count_prompt(text, label)) for label in self.labels
         }
         self._mention_keys: list[tuple[str, int]] = []
 
@@ -222,12 +222,19 @@ class PaDeLLMPlan:
         for label in self.labels:
             ordered = sorted(self.mentions.get(label, []), key=lambda m: m.k)
             ordered = [m for m in ordered if m.text]  # NOTE: an empty mention is no entity
+            grounded: set[str] = set()
             for mention, span in zip(ordered, ground_mentions(self.text, [m.text for m in ordered])):
                 mention.start, mention.end = span if span else (None, None)
-                mention.kept = True
+                # NOTE: a repeat with no copy of its text left in the sentence (the model
+                # named "Korea" twice, the text holds it once) is no entity.
+                mention.kept = span is not None or mention.text not in grounded
+                if span is not None:
+                    grounded.add(mention.text)
             branches.extend(ordered)
         if self.config.dedup != Dedup.OFF:
             best: dict[object, Mention] = {}
+            # NOTE: a label's confidence in a string is its most probable branch, surplus
+            # repeats included; they are dropped after the labels are decided.
             for m in branches:
                 key = m.text if self.config.dedup == Dedup.STRING else (m.start, m.end, m.text)
                 if self.config.dedup == Dedup.SPAN and m.start is None:

@@ -189,6 +189,21 @@ def test_plan_keeps_ungrounded_mentions_without_offsets(codec) -> None:
         assert e.start is None or TEXT[e.start : e.end] == e.text
 
 
+def test_plan_drops_repeats_beyond_the_copies_in_the_text(codec) -> None:
+    """Two LOC "Seoul" for a sentence holding one: the surplus copy is no entity."""
+    llm = FakeLLM(
+        codec,
+        counts={"LOC": "3", "ORG": "1"},
+        mentions={("LOC", 1): ("Seoul", -0.5), ("LOC", 2): ("Seoul", -0.1),
+                  ("LOC", 3): ("Atlantis", -0.4), ("ORG", 1): ("Seoul", -0.3)},
+    )
+    plan = _plan(codec, TEXT, ["LOC", "ORG"])
+    entities = run_plan(plan, llm)
+    # LOC's surest "Seoul" branch (-0.1) decides the label; the surplus copy is then dropped
+    assert _triples(entities) == [("LOC", "Seoul", 20, 25), ("LOC", "Atlantis", None, None)]
+    assert [(m.label, m.k) for m in plan.resolve() if not m.kept] == [("LOC", 2), ("ORG", 1)]
+
+
 def test_arun_plan_matches_run_plan_and_streams_labels(codec) -> None:
     seen: list[tuple[str, int]] = []
 

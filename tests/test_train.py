@@ -103,7 +103,7 @@ def test_label_mask_covers_exactly_the_target(codec: PromptCodec, examples: list
         "text:\nEU rejects\nentity type:\nORG\n\n<num>", ("1\n<mention 1>", "EU"), "ORG"
     )
     seq = encode_pair(pair, codec)
-    prompt_ids = codec.encode(pair.prompt)
+    prompt_ids = codec.encode_prompt(pair.prompt)
     target_ids = codec.encode("1\n<mention 1>") + codec.encode("EU") + [codec.end_id]
     assert list(seq.input_ids) == prompt_ids + target_ids
     assert seq.num_prompt_tokens == len(prompt_ids)
@@ -419,3 +419,20 @@ def test_training_curve_follows_warm_start_stages(tmp_path: Path) -> None:
     (first / "train_log.jsonl").unlink()
     (second / "train_log.jsonl").unlink()
     assert plot_training_curve(second, tmp_path / "none.png") is None
+
+
+def test_model_card_counts_repeated_sentences_once_and_passes_in_full() -> None:
+    """A second pass over earlier sentences adds passes (epochs), not distinct sentences."""
+    from padellm_ner.train.cli import _coverage, model_card
+
+    def stage(skip: int, n: int, done: float = 1.0) -> dict:
+        return {"train": {"skip": skip, "sentences": {"conll2003": n}, "epochs_done": done}}
+
+    stages = [stage(0, 3000), stage(3000, 4000), stage(7000, 7041), stage(0, 7000)]
+    assert _coverage(stages) == (14041, 21041.0)
+    assert _coverage([stage(0, 100, 0.5), stage(20, 30)]) == (50, 80.0)
+    meta = {"base": "smollm2-135m", "format": "padellm", "train": {
+        "sentences": {"conll2003": 100}, "sentences_available": {"conll2003": 400}}}
+    card = model_card(meta, "padellm-ner train X")
+    assert "100 of 400 in the train split (25.0%); 100 sentence passes in all (0.25 epochs)" in card
+    assert "`<|im_end|>`" in card and "(SmolLM2-135M-Instruct)" in card

@@ -22,6 +22,7 @@ from typing import Any
 
 from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.model_info import META_FILE
+from padellm_ner.models import BASE_MODELS
 from padellm_ner.types import Example
 
 __all__ = [
@@ -454,6 +455,29 @@ def _stages(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return [*earlier, meta]
 
 
+_BASE_TITLES = {"smollm2-135m": " (SmolLM2-135M-Instruct)", "gemma3-270m": " (Gemma 3 270M)"}
+
+
+def _coverage(stages: Sequence[dict[str, Any]]) -> tuple[int, float]:
+    """Distinct train sentences the stages covered, and sentence passes in all (repeats count)."""
+    spans: list[tuple[int, int]] = []
+    passes = 0.0
+    for st in stages:
+        tr = st.get("train", {})
+        n = sum(tr.get("sentences", {}).values())
+        done = float(tr.get("epochs_done") or 1.0)
+        passes += n * done
+        skip = int(tr.get("skip") or 0)
+        spans.append((skip, skip + round(n * min(1.0, done))))
+    seen, reach = 0, 0
+    for start, end in sorted(spans):
+        start = max(start, reach)
+        if end > start:
+            seen += end - start
+        reach = max(reach, end)
+    return seen, passes
+
+
 def model_card(
     meta: dict[str, Any],
     command: str | Sequence[str],
@@ -469,22 +493,22 @@ def model_card(
     commands = [command] if isinstance(command, str) else list(command)
     stages = _stages(meta)
     avail = sum(meta.get("train", {}).get("sentences_available", {}).values()) or 1
-    seen = 0.0
-    for st in stages:
-        tr = st.get("train", {})
-        seen += sum(tr.get("sentences", {}).values()) * min(1.0, float(tr.get("epochs_done") or 1.0))
+    seen, passes = _coverage(stages)
+    base = str(meta.get("base"))
+    end_token = BASE_MODELS[base].end_token if base in BASE_MODELS else "end token"
     lora = meta.get("lora") or {}
     lines = [
         f"# {meta.get('format', 'padellm')} NER adapter on {meta.get('base')}",
         "",
-        f"A LoRA adapter for `{meta.get('base')}` (SmolLM2-135M-Instruct) trained in the "
+        f"A LoRA adapter for `{base}`{_BASE_TITLES.get(base, '')} trained in the "
         f"`{meta.get('format')}` format (docs/METHOD.md) on `{meta.get('dataset')}`. "
         f"Labels (prompt words): {', '.join(meta.get('labels', []))}. Language: {meta.get('lang')}.",
         "",
         "## Data",
         "",
-        f"- Training sentences seen: {seen:.0f} of {avail} in the train split "
-        f"({100 * seen / avail:.1f}%), each at most once"
+        f"- Training sentences seen: {seen} of {avail} in the train split "
+        f"({100 * seen / avail:.1f}%); {passes:.0f} sentence passes in all "
+        f"({passes / avail:.2f} epochs)"
         + (f", over {len(stages)} stages (below)." if len(stages) > 1 else "."),
         "- Zero-count sequences kept: all (no downsampling, as in the paper). Packing: each "
         "sentence's sequences merged into one prefix tree (same loss as unpacked training, "
@@ -494,7 +518,7 @@ def model_card(
         "",
         f"- LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout 0.05, on every linear "
         "projection (q/k/v/o, gate/up/down); lm_head and embeddings frozen.",
-        "- Loss on target tokens only (count, `\\n<mention k>` marker, mention, `<|im_end|>`); "
+        f"- Loss on target tokens only (count, `\\n<mention k>` marker, mention, `{end_token}`); "
         "AdamW, warmup then cosine decay to 0, grad clip 1.0, fp32.",
         f"- Machine: {machine}.",
         "",
@@ -540,7 +564,8 @@ def model_card(
         "",
         "## Limits",
         "",
-        f"- A 135M-parameter model trained with LoRA on {100 * seen / avail:.0f}% of the data on a "
+        f"- A small model ({base}) trained with LoRA on {100 * seen / avail:.0f}% of the data "
+        f"({passes / avail:.2f} epochs) on a "
         "CPU: far below the paper's 7B results (CoNLL03 F1 92.52) and below the project's target "
         "(F1 >= 90); it is a working default, not a benchmark. Retrain on a GPU with the full "
         "data for real use (`padellm-ner train --format padellm --dataset conll2003 --epochs 4`).",

@@ -68,7 +68,7 @@ class TokenizedPair:
 def encode_pair(
     pair: TrainingPair, codec: PromptCodec, cache: dict[str, list[int]] | None = None
 ) -> TokenizedPair:
-    """Ids of one pair: ``encode(prompt) + sum(encode(piece)) + [end_id]``.
+    """Ids of one pair: ``encode_prompt(prompt) + sum(encode(piece)) + [end_id]``.
 
     Args:
         pair: the rendered pair.
@@ -78,9 +78,9 @@ def encode_pair(
     if cache is not None:
         prompt_ids = cache.get(pair.prompt)
         if prompt_ids is None:
-            prompt_ids = cache[pair.prompt] = codec.encode(pair.prompt)
+            prompt_ids = cache[pair.prompt] = codec.encode_prompt(pair.prompt)
     else:
-        prompt_ids = codec.encode(pair.prompt)
+        prompt_ids = codec.encode_prompt(pair.prompt)
     target_ids: list[int] = []
     for piece in pair.target_pieces:
         target_ids.extend(codec.encode(piece))
