@@ -232,6 +232,8 @@ class _Codec:
     def encode(self, text):
         return [ord(c) % 50 + 2 for c in text]
 
+    encode_prompt = encode
+
     def decode(self, ids):
         return "".join({3: "1", 4: "P"}.get(i, "") for i in ids)
 
