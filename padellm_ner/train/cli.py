@@ -455,9 +455,6 @@ def _stages(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return [*earlier, meta]
 
 
-_BASE_TITLES = {"smollm2-135m": " (SmolLM2-135M-Instruct)", "gemma3-270m": " (Gemma 3 270M)"}
-
-
 def _coverage(stages: Sequence[dict[str, Any]]) -> tuple[int, float]:
     """Distinct train sentences the stages covered, and sentence passes in all (repeats count)."""
     spans: list[tuple[int, int]] = []
@@ -495,12 +492,13 @@ def model_card(
     avail = sum(meta.get("train", {}).get("sentences_available", {}).values()) or 1
     seen, passes = _coverage(stages)
     base = str(meta.get("base"))
-    end_token = BASE_MODELS[base].end_token if base in BASE_MODELS else "end token"
+    known = BASE_MODELS.get(base)
+    end_token = known.end_token if known else "end token"
     lora = meta.get("lora") or {}
     lines = [
-        f"# {meta.get('format', 'padellm')} NER adapter on {meta.get('base')}",
+        f"# {meta.get('format', 'padellm')} NER adapter on {base}",
         "",
-        f"A LoRA adapter for `{base}`{_BASE_TITLES.get(base, '')} trained in the "
+        f"A LoRA adapter for `{base}`{f' ({known.title})' if known else ''} trained in the "
         f"`{meta.get('format')}` format (docs/METHOD.md) on `{meta.get('dataset')}`. "
         f"Labels (prompt words): {', '.join(meta.get('labels', []))}. Language: {meta.get('lang')}.",
         "",
