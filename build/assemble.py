@@ -95,6 +95,8 @@ def assemble_repository(
     max_mention_tokens: int | None = None,
     max_concurrency: int | None = None,
     max_llm_inflight: int | None = None,
+    llm_transport: str | None = None,
+    llm_url: str | None = None,
     method: str | None = None,
     max_new_tokens: int | None = None,
     engine_dir: str | None = None,
@@ -112,6 +114,8 @@ def assemble_repository(
         engine_dir: the TensorRT-LLM engine (``gpt_model_path``) for ``tensorrtllm``.
         method: override the method recorded with the model (``padellm`` or a baseline).
         max_new_tokens: a baseline sequence's token limit (default 160).
+        llm_transport: ``grpc`` (default: loopback to ``llm_url``, else the server's own
+            port from ``$PADELLM_LLM_URL``, else localhost:8001) or ``bls``.
         check_model: require ``model`` to be a known name or a model folder on this machine.
 
     Returns:
@@ -158,6 +162,8 @@ def assemble_repository(
         "max_mention_tokens": max_mention_tokens,
         "max_concurrency": max_concurrency,
         "max_llm_inflight": max_llm_inflight,
+        "llm_transport": llm_transport,
+        "llm_url": llm_url,
         "method": method,
         "max_new_tokens": max_new_tokens,
         "python_site_packages": site_packages,
@@ -178,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-text-chars", type=int, default=2000)
     parser.add_argument("--max-mention-tokens", type=int)
     parser.add_argument("--engine-dir", help="TensorRT-LLM engine folder (tensorrtllm)")
+    parser.add_argument(
+        "--llm-transport", choices=["grpc", "bls"],
+        help="how the orchestrator calls the LLM model (default grpc: loopback to --llm-url)",
+    )
+    parser.add_argument("--llm-url", help="the LLM model's gRPC address (default: $PADELLM_LLM_URL, else localhost:8001)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--no-check-model", action="store_true",
@@ -187,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     out = assemble_repository(
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
-        engine_dir=args.engine_dir, overwrite=args.overwrite,
-        check_model=not args.no_check_model,
+        engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url,
+        overwrite=args.overwrite, check_model=not args.no_check_model,
     )
     print(out)
     return 0

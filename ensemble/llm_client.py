@@ -1,10 +1,10 @@
-"""``AsyncLLM`` over Triton BLS: each ``GenerationRequest`` becomes one request to the
-``llm`` (Python backend) or ``tensorrt_llm`` model, in the tensorrt_llm tensor contract.
+"""``AsyncLLM`` over Triton: each ``GenerationRequest`` becomes one request to the ``llm``
+(Python backend) or ``tensorrt_llm`` model, in the tensorrt_llm tensor contract.
 
-The Triton call itself is injected (``Transport``, provided by ``triton_io``), so this
-module is plain Python and tested with a fake transport.
+The call itself is injected (``Transport``: gRPC loopback by default, or BLS; see
+``triton_io.llm_transport``), so this module is plain Python and tested with a fake.
 
-NOTE: ``exec(decoupled=True)`` blocks while it iterates responses. It runs on a dedicated,
+NOTE: a transport call blocks while it iterates responses. It runs on a dedicated,
 bounded thread pool (never on the event loop, and not asyncio's small default executor,
 see TRITON-NOTES); the pool size bounds this instance's in-flight LLM requests.
 """
@@ -27,7 +27,7 @@ from padellm_ner.llm import GenerationRequest, GenerationResult
 __all__ = [
     "Transport",
     "LLM_OUTPUTS",
-    "BLSAsyncLLM",
+    "TritonAsyncLLM",
     "build_llm_inputs",
     "build_stop_inputs",
     "stop_words_tensor",
@@ -124,7 +124,7 @@ def parse_llm_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[list[int], lis
     return [int(x) for x in ids[:length]], lp
 
 
-class BLSAsyncLLM:
+class TritonAsyncLLM:
     """``AsyncLLM`` that sends each request to a tensorrt_llm-contract model.
 
     Args:
@@ -212,3 +212,6 @@ class BLSAsyncLLM:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._stop_pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()

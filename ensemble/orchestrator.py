@@ -144,7 +144,7 @@ class Orchestrator:
                     task.result()
                     return
                 if sink.is_cancelled():
-                    # NOTE: cancelling the plan cancels every branch; BLSAsyncLLM sends
+                    # NOTE: cancelling the plan cancels every branch; TritonAsyncLLM sends
                     # stop=True for the LLM requests still running.
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -239,11 +239,11 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
 
     Args:
         params: config.pbtxt ``parameters`` (string values; empty means unset).
-        transport: the BLS call (``triton_io.bls_transport``).
+        transport: the LLM call (``triton_io.llm_transport``: gRPC loopback or BLS).
     """
     import json
 
-    from padellm_ensemble.llm_client import BLSAsyncLLM
+    from padellm_ensemble.llm_client import TritonAsyncLLM
     from padellm_ner.models import end_token_id, load_tokenizer, resolve_model_dir
 
     def get(key: str, default: str) -> str:
@@ -277,7 +277,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         max_concurrency=int(get("max_concurrency", "64")),
         plan=plan,
     )
-    llm = BLSAsyncLLM(
+    llm = TritonAsyncLLM(
         transport,
         get("llm_model_name", "llm"),
         end_id,

@@ -1,7 +1,7 @@
 """Everything that touches ``triton_python_backend_utils`` (only importable in a stub).
 
 Adapters between Triton objects and the Triton-free logic: input getters, response
-senders, the BLS transport for ``BLSAsyncLLM``, and the ``llm`` model's custom metrics.
+senders, the LLM transport for ``TritonAsyncLLM`` (gRPC loopback or BLS), and the ``llm`` model's custom metrics.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from padellm_ensemble.llm_client import LLM_OUTPUTS
-from padellm_ensemble.validation import ErrorCode, PadellmServingError, UpstreamError
+from padellm_ensemble.validation import ErrorCode, PadellmServingError, UpstreamError, upstream_code
 
 __all__ = [
     "input_getter",
+    "llm_transport",
     "bls_transport",
     "SenderSink",
     "llm_send",
@@ -56,11 +57,16 @@ def _outputs(outputs: Mapping[str, np.ndarray]) -> list:
     return [pb_utils.Tensor(name, value) for name, value in outputs.items()]
 
 
-def _upstream_code(message: str) -> ErrorCode:
-    lowered = message.lower()
-    if any(s in lowered for s in ("unavailable", "not ready", "not found", "unknown model")):
-        return ErrorCode.UNAVAILABLE
-    return ErrorCode.INTERNAL
+def llm_transport(params: Mapping[str, str]):
+    """The orchestrator's ``Transport`` named by its ``llm_transport`` parameter."""
+    from padellm_ensemble.grpc_transport import GrpcTransport, llm_url
+
+    kind = (params.get("llm_transport") or "grpc").strip().lower()
+    if kind == "grpc":
+        return GrpcTransport(llm_url(params.get("llm_url")))
+    if kind == "bls":
+        return bls_transport
+    raise ValueError(f"llm_transport must be 'grpc' or 'bls', got {kind!r}")
 
 
 def bls_transport(
@@ -76,7 +82,7 @@ def bls_transport(
     for response in request.exec(decoupled=True):
         if response.has_error():
             message = response.error().message()
-            raise UpstreamError(f"LLM model {model_name!r}: {message}", _upstream_code(message))
+            raise UpstreamError(f"LLM model {model_name!r}: {message}", upstream_code(message))
         yield {
             name: tensor.as_numpy()
             for name in LLM_OUTPUTS
@@ -172,10 +178,23 @@ class EngineMetrics:
                 except Exception:  # NOTE: metrics must never take the model down
                     logger.debug("metrics refresh failed", exc_info=True)
 
-        threading.Thread(target=run, name="padellm-llm-metrics", daemon=True).start()
+        self._thread = threading.Thread(target=run, name="padellm-llm-metrics", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
+        """Stop refreshing and drop the metric objects, while the stub can still free them.
+
+        NOTE: a ``pb_utils`` metric left for interpreter shutdown is freed after the stub's
+        IPC is gone: the stub then segfaulted on every server stop (seen here).
+        """
         self._stopped.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout=5.0)
+        with self._lock:
+            self._counters.clear()
+            self._active = None
+            self._families.clear()
 
     def update(self, stats, num_active: int) -> None:
         with self._lock:
@@ -185,4 +204,5 @@ class EngineMetrics:
                 if delta > 0:
                     metric.increment(delta)
                     self._seen[field_name] = value
-            self._active.set(float(num_active))
+            if self._active is not None:
+                self._active.set(float(num_active))

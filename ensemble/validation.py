@@ -20,6 +20,7 @@ __all__ = [
     "PadellmServingError",
     "RequestValidationError",
     "UpstreamError",
+    "upstream_code",
     "NERRequest",
     "parse_request",
     "MAX_LABEL_CHARS",
@@ -61,6 +62,14 @@ class UpstreamError(PadellmServingError):
     def __init__(self, message: str, code: ErrorCode = ErrorCode.UNAVAILABLE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def upstream_code(message: str) -> ErrorCode:
+    """The code of an LLM model's error message: UNAVAILABLE when it is missing or down."""
+    lowered = message.lower()
+    if any(s in lowered for s in ("unavailable", "not ready", "not found", "unknown model", "connect")):
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.INTERNAL
 
 
 @dataclass(frozen=True)

@@ -95,5 +95,5 @@ def run_baselines(plans: Sequence[BaselinePlan], llm: LLM) -> list[list[Entity]]
 
 async def arun_baseline(plan: BaselinePlan, llm: AsyncLLM) -> list[Entity]:
     """Send every sequence at once to an ``AsyncLLM`` (the Triton orchestrator)."""
-    # NOTE: a failure or cancellation cancels the siblings; BLSAsyncLLM then sends stop=True.
+    # NOTE: a failure or cancellation cancels the siblings; TritonAsyncLLM then sends stop=True.
     return plan.accept(await gather_or_cancel([llm.agenerate(r) for r in plan.requests()]))

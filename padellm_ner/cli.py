@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", help="where to assemble the model repository (default: a temp dir)")
     p.add_argument("--labels", nargs="+", help="default labels of the served model")
     p.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
+    p.add_argument(
+        "--llm-transport", choices=["grpc", "bls"], default="grpc",
+        help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS",
+    )
 
     p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")
     p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")

@@ -114,6 +114,38 @@ def test_llm_streaming_one_response_per_token(triton_server, sentences):
     assert [t[0] for t in tokens] == parse_llm_outputs({"output_ids": whole[0].as_numpy("output_ids")})[0]
 
 
+def test_grpc_transport_calls_the_llm_model_like_a_client(triton_server, sentences):
+    """The orchestrator's default transport, driven directly: the same tokens as a plain
+    stream call; a missing model or an unreachable server is an ``UpstreamError``
+    marked UNAVAILABLE, never a hang."""
+    from padellm_ensemble.grpc_transport import GrpcTransport
+    from padellm_ensemble.llm_client import build_llm_inputs, parse_llm_outputs
+    from padellm_ensemble.validation import ErrorCode, UpstreamError
+    from padellm_ner.llm import GenerationRequest
+    from padellm_ner.serving.triton_server import free_ports
+    from tests.model_cache import smollm2_codec
+
+    codec = smollm2_codec()
+    request = GenerationRequest(tuple(codec.encode(sentences[0])), max_new_tokens=5, stop_ids=())
+    inputs = build_llm_inputs(request, codec.end_id)
+    transport = GrpcTransport(triton_server.grpc_url)
+    try:
+        got = [parse_llm_outputs(o) for o in transport("llm", inputs, "grpc-transport-1")]
+        (want,) = stream_call(triton_server.grpc_url, "llm", inputs)
+        assert [ids for ids, _ in got] == [parse_llm_outputs({"output_ids": want.as_numpy("output_ids")})[0]]
+        assert len(got[0][0]) == 5
+        with pytest.raises(UpstreamError) as info:
+            list(transport("no_such_model", inputs, "grpc-transport-2"))
+        assert info.value.code is ErrorCode.UNAVAILABLE
+    finally:
+        transport.close()
+    (port,) = free_ports(1)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        list(GrpcTransport(f"127.0.0.1:{port}")("llm", inputs, "grpc-transport-3"))
+    assert info.value.code is ErrorCode.UNAVAILABLE and time.monotonic() - started < 30
+
+
 def test_streaming_one_message_per_label(triton_server, sentences):
     for text in sentences[:5]:
         responses = stream_call(triton_server.grpc_url, "padellm", ner_inputs(text, stream=True))

@@ -12,7 +12,7 @@ import pytest
 
 from padellm_build.fill_template import TemplateError, fill, parse_substitutions
 from padellm_build.fill_template import main as fill_main
-from padellm_ensemble.llm_client import BLSAsyncLLM, build_llm_inputs, parse_llm_outputs
+from padellm_ensemble.llm_client import TritonAsyncLLM, build_llm_inputs, parse_llm_outputs
 from padellm_ensemble.llm_server import InflightLLMServer, LLMWireError, parse_llm_request
 from padellm_ensemble.orchestrator import Orchestrator, OrchestratorConfig
 from padellm_ensemble.validation import RequestValidationError, parse_request
@@ -89,9 +89,12 @@ def test_assemble_python_repository(tmp_path):
     padellm = (repo / "padellm" / "config.pbtxt").read_text()
     assert '"[\\"A\\", \\"B\\\\\\"x\\"]"' in padellm  # JSON, escaped for pbtxt
     assert '"llm"' in padellm and "${" not in padellm and 'key: "max_concurrency"' not in padellm
+    assert 'key: "llm_transport"' not in padellm  # NOTE: unset means gRPC loopback
     assert (repo / "llm" / "1" / "model.py").exists() and "${" not in (repo / "llm" / "config.pbtxt").read_text()
     with pytest.raises(FileExistsError):
         assemble_repository(repo, "/nonexistent-model", check_model=False)
+    bls = assemble_repository(tmp_path / "b", "/nonexistent-model", llm_transport="bls", check_model=False)
+    assert 'key: "llm_transport" value: { string_value: "bls" }' in (bls / "padellm" / "config.pbtxt").read_text()
 
 
 # -- validation ------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def test_bls_llm_streams_and_stops_on_cancel():
         release.wait(5)
         yield {"output_ids": np.array([[7]], dtype=np.int32), "output_log_probs": np.array([[-0.5]], dtype=np.float32)}
 
-    llm = BLSAsyncLLM(transport, "llm", end_id=2)
+    llm = TritonAsyncLLM(transport, "llm", end_id=2)
 
     async def main():
         task = asyncio.ensure_future(llm.agenerate(GenerationRequest((1,), 3, (2,))))

@@ -98,6 +98,10 @@ def stub_search_dir() -> str:
     return sysconfig.get_paths()["purelib"]
 
 
+#: The orchestrator's LLM address (gRPC loopback); set to the started server's own port.
+LLM_URL_ENV = "PADELLM_LLM_URL"
+
+
 def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment tritonserver and its Python stubs need."""
     env = dict(os.environ if base is None else base)
@@ -158,6 +162,12 @@ class TritonServer:
         return f"{self.host}:{self.grpc_port}"
 
     @property
+    def loopback_grpc_url(self) -> str:
+        """The gRPC address as seen from this host (a wildcard host becomes 127.0.0.1)."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::", "[::]") else self.host
+        return f"{host}:{self.grpc_port}"
+
+    @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
@@ -198,7 +208,7 @@ class TritonServer:
             cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=server_env(install, self.env),
+            env={**server_env(install, self.env), LLM_URL_ENV: self.loopback_grpc_url},
             cwd=stub_search_dir(),
             start_new_session=True,  # NOTE: Ctrl-C goes to us; we stop it cleanly
         )

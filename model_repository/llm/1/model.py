@@ -35,7 +35,9 @@ class TritonPythonModel:
         self.metrics.start_refresher(self._refresh_metrics)
 
     def _refresh_metrics(self):
-        self.metrics.update(self.loop.stats, self.server.num_active)
+        metrics = self.metrics  # NOTE: None once finalized
+        if metrics is not None:
+            metrics.update(self.loop.stats, self.server.num_active)
 
     def execute(self, requests):
         io = self._io
@@ -52,3 +54,4 @@ class TritonPythonModel:
     def finalize(self):
         self.metrics.stop()
         self.loop.shutdown()
+        self.metrics = None

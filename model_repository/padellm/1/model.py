@@ -4,6 +4,7 @@ The logic lives in ``padellm_ensemble`` (the repo's ``ensemble/``).
 """
 
 import asyncio
+import faulthandler
 import json
 import site
 
@@ -15,16 +16,17 @@ def _parameters(args):
 
 class TritonPythonModel:
     def initialize(self, args):
+        faulthandler.enable(all_threads=True)  # NOTE: a stub crash leaves Python stacks in the server log
         params = _parameters(args)
         if params.get("python_site_packages"):
             # NOTE: the stub's sys.path is the base interpreter's; add the venv (and its
             # editable-install finders, hence addsitedir rather than sys.path).
             site.addsitedir(params["python_site_packages"])
         from padellm_ensemble.orchestrator import build_orchestrator
-        from padellm_ensemble.triton_io import SenderSink, bls_transport, input_getter
+        from padellm_ensemble.triton_io import SenderSink, input_getter, llm_transport
 
         self._sink, self._getter = SenderSink, input_getter
-        self.orchestrator = build_orchestrator(params, bls_transport)
+        self.orchestrator = build_orchestrator(params, llm_transport(params))
 
     async def execute(self, requests):
         # NOTE: decoupled + async: the stub does not wait for this coroutine before
