@@ -1,7 +1,8 @@
 """Everything that touches ``triton_python_backend_utils`` (only importable in a stub).
 
 Adapters between Triton objects and the Triton-free logic: input getters, response
-senders, the LLM transport for ``TritonAsyncLLM`` (gRPC loopback or BLS), and the ``llm`` model's custom metrics.
+senders, the LLM transport for ``TritonAsyncLLM`` (gRPC loopback or BLS), and the
+``llm`` model's custom metrics.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class EngineMetrics:
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start_refresher(self, refresh: Callable[[], None], interval_s: float = 0.5) -> None:
         """Refresh from a daemon thread too: stats move between request completions."""
@@ -188,9 +190,8 @@ class EngineMetrics:
         IPC is gone: the stub then segfaulted on every server stop (seen here).
         """
         self._stopped.set()
-        thread = getattr(self, "_thread", None)
-        if thread is not None:
-            thread.join(timeout=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
         with self._lock:
             self._counters.clear()
             self._active = None

@@ -4,6 +4,7 @@ Each request joins the engine's running batch (``EngineLoop``); tokens are sent 
 from the engine thread. The mapping lives in ``padellm_ensemble.llm_server``.
 """
 
+import faulthandler
 import json
 import site
 
@@ -15,6 +16,7 @@ def _parameters(args):
 
 class TritonPythonModel:
     def initialize(self, args):
+        faulthandler.enable(all_threads=True)  # NOTE: a stub crash leaves Python stacks in the server log
         params = _parameters(args)
         if params.get("python_site_packages"):
             site.addsitedir(params["python_site_packages"])  # NOTE: see padellm/1/model.py
