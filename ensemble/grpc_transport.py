@@ -27,17 +27,20 @@ from padellm_ensemble.llm_client import LLM_OUTPUTS
 from padellm_ensemble.validation import UpstreamError, upstream_code
 from padellm_ner.serving.triton_server import LLM_URL_ENV
 
-__all__ = ["URL_ENV", "DEFAULT_URL", "GrpcTransport", "llm_url"]
+__all__ = ["DEFAULT_URL", "GrpcTransport", "llm_url"]
 
-#: Set by ``padellm-ner serve`` (``TritonServer``) to the server's own gRPC address.
-URL_ENV = LLM_URL_ENV
 #: Triton's own default gRPC address.
 DEFAULT_URL = "localhost:8001"
 
 
 def llm_url(configured: str | None = None) -> str:
     """The config's ``llm_url``, else ``$PADELLM_LLM_URL``, else Triton's default port."""
-    return configured or os.environ.get(URL_ENV) or DEFAULT_URL
+    return configured or os.environ.get(LLM_URL_ENV) or DEFAULT_URL
+
+
+def _message(exc: BaseException) -> str:
+    """An ``InferenceServerException``'s message, or any exception's text."""
+    return exc.message() if hasattr(exc, "message") else str(exc)
 
 
 def _infer_inputs(inputs: Mapping[str, np.ndarray]) -> list:
@@ -107,7 +110,7 @@ class GrpcTransport:
                 result, error = results.get()
                 if error is not None:
                     finished = True  # NOTE: an error response is the last one
-                    message = error.message() if hasattr(error, "message") else str(error)
+                    message = _message(error)
                     raise UpstreamError(f"LLM model {model_name!r}: {message}", upstream_code(message))
                 response = result.get_response()
                 finished = response.parameters["triton_final_response"].bool_param
@@ -117,7 +120,7 @@ class GrpcTransport:
         except UpstreamError:
             raise
         except Exception as exc:  # NOTE: connection refused, stream broken, ...
-            message = exc.message() if hasattr(exc, "message") else str(exc)
+            message = _message(exc)
             raise UpstreamError(f"LLM model {model_name!r} at {self.url}: {message}", upstream_code(message)) from exc
         finally:
             with contextlib.suppress(Exception):  # NOTE: a broken channel has nothing to stop

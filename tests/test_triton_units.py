@@ -416,15 +416,15 @@ def test_orchestrator_prompts_with_the_model_words_and_answers_with_tags():
 def test_orchestrator_reaches_its_own_server_on_loopback(tmp_path, monkeypatch):
     """A server listening on every interface is still called on 127.0.0.1 by its own
     orchestrator; a config's ``llm_url`` wins over the environment."""
-    from padellm_ensemble.grpc_transport import URL_ENV, llm_url
-    from padellm_ner.serving.triton_server import TritonServer
+    from padellm_ensemble.grpc_transport import llm_url
+    from padellm_ner.serving.triton_server import LLM_URL_ENV, TritonServer
 
     ports = {"grpc_port": 9001, "http_port": 9002, "metrics_port": 9003, "log_path": tmp_path / "s.log"}
     wide = TritonServer(tmp_path, host="0.0.0.0", **ports)
     assert wide.grpc_url == "0.0.0.0:9001" and wide.loopback_grpc_url == "127.0.0.1:9001"
     assert TritonServer(tmp_path, **ports).loopback_grpc_url == "127.0.0.1:9001"
-    monkeypatch.setenv(URL_ENV, "127.0.0.1:9001")
+    monkeypatch.setenv(LLM_URL_ENV, "127.0.0.1:9001")
     assert llm_url(None) == llm_url("") == "127.0.0.1:9001"
     assert llm_url("llm-host:8001") == "llm-host:8001"
-    monkeypatch.delenv(URL_ENV)
+    monkeypatch.delenv(LLM_URL_ENV)
     assert llm_url(None) == "localhost:8001"

@@ -42,7 +42,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.model,
             args.labels,
             llm_backend=args.llm_backend,
-            llm_transport=getattr(args, "llm_transport", None),
+            llm_transport=args.llm_transport,
             device=args.device,
             dtype=args.dtype,
             max_batch_size=args.max_batch_size,
