@@ -26,6 +26,10 @@ class EvalResult:
     mean_tokens_per_sequence: float
     mean_sequences_per_sentence: float
     count_accuracy: float | None  # PaDeLLM: share of (sentence, label) counts that are right
+    # NOTE: the wrong counts split by direction: too low costs recall, too high mostly
+    # costs nothing (an extra branch repeats a mention and de-dup drops it) or precision.
+    count_too_low: float | None = None
+    count_too_high: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = self.report.to_dict()
@@ -35,6 +39,8 @@ class EvalResult:
             mean_tokens_per_sequence=self.mean_tokens_per_sequence,
             mean_sequences_per_sentence=self.mean_sequences_per_sentence,
             count_accuracy=self.count_accuracy,
+            count_too_low=self.count_too_low,
+            count_too_high=self.count_too_high,
         )
         return out
 
@@ -47,7 +53,11 @@ class EvalResult:
             f"{self.mean_sequences_per_sentence:.2f}"
         )
         if self.count_accuracy is not None:
-            lines.append(f"per-label count right: {100 * self.count_accuracy:.2f}%")
+            line = f"per-label count right: {100 * self.count_accuracy:.2f}%"
+            if self.count_too_low is not None and self.count_too_high is not None:
+                line += (f" (too low {100 * self.count_too_low:.2f}%,"
+                         f" too high {100 * self.count_too_high:.2f}%)")
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -70,8 +80,15 @@ def result_from_dict(data: dict[str, Any]) -> EvalResult:
         float(data["mean_critical_path_steps_batch"]),
         float(data["mean_tokens_per_sequence"]),
         float(data["mean_sequences_per_sentence"]),
-        None if data.get("count_accuracy") is None else float(data["count_accuracy"]),
+        _optional(data, "count_accuracy"),
+        _optional(data, "count_too_low"),
+        _optional(data, "count_too_high"),
     )
+
+
+def _optional(data: dict[str, Any], key: str) -> float | None:
+    """A share that older reports (or AutoReg models) do not have."""
+    return None if data.get(key) is None else float(data[key])
 
 
 def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
@@ -94,17 +111,22 @@ def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
     def mean(attr: str) -> float:
         return sum(getattr(p, attr) * p.report.num_sentences for p in parts) / n
 
-    counted = [p for p in parts if p.count_accuracy is not None]
+    def share(attr: str) -> float | None:
+        counted = [p for p in parts if getattr(p, attr) is not None]
+        if not counted:
+            return None
+        weight = sum(p.report.num_sentences for p in counted) or 1
+        return sum(getattr(p, attr) * p.report.num_sentences for p in counted) / weight
+
     return EvalResult(
         report,
         mean("mean_critical_path_steps"),
         mean("mean_critical_path_steps_batch"),
         sum(p.mean_tokens_per_sequence * s for p, s in zip(parts, seqs)) / (sum(seqs) or 1),
         sum(seqs) / n,
-        sum(p.count_accuracy * p.report.num_sentences for p in counted)
-        / (sum(p.report.num_sentences for p in counted) or 1)
-        if counted
-        else None,
+        share("count_accuracy"),
+        share("count_too_low"),
+        share("count_too_high"),
     )
 
 
@@ -128,7 +150,7 @@ def evaluate_model(
     gold: list[list[Entity]] = []
     pred: list[list[Entity]] = []
     steps = steps_batch = tokens = sequences = 0
-    counts_right = counts_total = 0
+    counts_right = counts_total = counts_low = counts_high = 0
     bar = tqdm(total=len(examples), desc="evaluate", unit="sent", disable=not progress)
     outputs: list[ExtractionOutput] = []
     for at in range(0, len(examples), batch_sentences):
@@ -145,8 +167,11 @@ def evaluate_model(
         sequences += out.num_sequences
         if out.counts is not None:
             for label in labels:
+                counted, gold_count = out.counts.get(label, 0), len(ex.mentions_of(label))
                 counts_total += 1
-                counts_right += out.counts.get(label, 0) == len(ex.mentions_of(label))
+                counts_right += counted == gold_count
+                counts_low += counted < gold_count
+                counts_high += counted > gold_count
     n = max(1, len(examples))
     return EvalResult(
         report=evaluate_predictions(gold, pred),
@@ -155,6 +180,8 @@ def evaluate_model(
         mean_tokens_per_sequence=tokens / max(1, sequences),
         mean_sequences_per_sentence=sequences / n,
         count_accuracy=counts_right / counts_total if counts_total else None,
+        count_too_low=counts_low / counts_total if counts_total else None,
+        count_too_high=counts_high / counts_total if counts_total else None,
     )
 
 

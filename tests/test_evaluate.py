@@ -89,6 +89,9 @@ def test_evaluate_matches_hand_computed_f1(extractor: Extractor) -> None:
     assert (per["LOC"].tp, per["LOC"].fp, per["LOC"].fn) == (1, 2, 1)
     assert (per["PER"].tp, per["PER"].fp, per["PER"].fn) == (0, 0, 1)
     assert result.count_accuracy == pytest.approx(10 / 12)  # sentence 2: PER and LOC wrong
+    assert result.count_too_low == pytest.approx(1 / 12)  # PER: 0 said, 1 there
+    assert result.count_too_high == pytest.approx(1 / 12)  # LOC: 2 said, 1 there
+    assert "(too low 8.33%, too high 8.33%)" in result.format_text()
     # 4 count branches per sentence + one branch per predicted mention (3, 2, 1)
     assert result.mean_sequences_per_sentence == pytest.approx((4 + 3 + 4 + 2 + 4 + 1) / 3)
 
@@ -104,7 +107,8 @@ def test_shards_merge_to_the_whole(extractor: Extractor, tmp_path, capsys) -> No
     parts = [evaluate_model(extractor, EXAMPLES[:1], LABELS, progress=False),
              evaluate_model(extractor, EXAMPLES[1:], LABELS, progress=False)]  # fmt: skip
     merged = merge_results([result_from_dict(p.to_dict()) for p in parts]).to_dict()
-    for key in ("f1", "count_accuracy", "mean_sequences_per_sentence", "mean_tokens_per_sequence"):
+    for key in ("f1", "count_accuracy", "count_too_low", "count_too_high",
+                "mean_sequences_per_sentence", "mean_tokens_per_sequence"):
         assert merged[key] == pytest.approx(whole[key])
     assert merged["set"] == whole["set"] and merged["span"] == whole["span"]
 

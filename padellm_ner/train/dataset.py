@@ -75,12 +75,11 @@ def encode_pair(
         codec: the model's codec (its ``end_id`` ends every target).
         cache: optional prompt -> ids memo (PaDeLLM repeats a prompt for every mention).
     """
-    if cache is not None:
-        prompt_ids = cache.get(pair.prompt)
-        if prompt_ids is None:
-            prompt_ids = cache[pair.prompt] = codec.encode_prompt(pair.prompt)
-    else:
-        prompt_ids = codec.encode_prompt(pair.prompt)
+    if cache is None:
+        cache = {}
+    prompt_ids = cache.get(pair.prompt)
+    if prompt_ids is None:
+        prompt_ids = cache[pair.prompt] = codec.encode_prompt(pair.prompt)
     target_ids: list[int] = []
     for piece in pair.target_pieces:
         target_ids.extend(codec.encode(piece))
