@@ -65,7 +65,10 @@ class BaselinePlan:
             Completion(label, self.codec.decode(self.codec.strip_stop(r.token_ids)))
             for (label, _prompt), r in zip(self.prompts, results)
         ]
-        pairs = self.format.parse(self.text, completions)
+        # NOTE: a single-sequence output can name any label ("(ORLANDO: Magic)"); only the
+        # labels asked for are answered, as PaDeLLM's per-label branches answer by design.
+        asked = set(self.labels)
+        pairs = [(tag, m) for tag, m in self.format.parse(self.text, completions) if tag in asked]
         # NOTE: one sequence-level probability for every entity (no per-mention split).
         score = math.exp(sum(sum(r.log_probs) for r in results))
         entities: list[Entity] = []

@@ -217,3 +217,14 @@ def test_arun_plan_matches_run_plan_and_streams_labels(codec) -> None:
         run_plan(_plan(codec, TEXT, ["LOC", "ORG", "PER"]), _korea_llm(codec, -0.1, -2.0)))
     assert seen[0] == ("PER", 0)  # a zero-count label is final right after counting
     assert sorted(seen) == [("LOC", 2), ("ORG", 0), ("PER", 0)]
+
+
+def test_baseline_answers_only_the_labels_asked_for(codec) -> None:
+    """AutoReg_Struct writes one free-form sequence; labels not asked for are dropped."""
+    from padellm_ner.baseline_plan import BaselinePlan
+
+    plan = BaselinePlan("ar_struct", TEXT, {"LOC": "LOC", "PER": "PER"}, codec)
+    output = "((PER: Korea), (ORLANDO: Korea), (ORG: Korea), (LOC: Seoul))"
+    ids = codec.encode(output) + [END_ID]
+    entities = plan.accept([GenerationResult(ids, [-0.1] * len(ids), "stop")])
+    assert _triples(entities) == [("PER", "Korea", 0, 5), ("LOC", "Seoul", 20, 25)]
