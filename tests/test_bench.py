@@ -53,14 +53,17 @@ def test_bench_latency_end_to_end(tiny_model: Path, tmp_path: Path, capsys) -> N
             "float32",
             "--out",
             str(out),
+            "--name",
+            "tiny",
         ]
     )
     assert rc == 0
     md_files = list(out.glob("*.md"))
-    assert len(md_files) == 1
+    assert [f.name for f in md_files] == ["tiny.md"]
     md = md_files[0].read_text()
     for key in ("Machine", "torch", "Commit", "Date", "Command", "Models"):
         assert f"**{key}**" in md
+    assert "--warmup 1" in md and "--name tiny" in md  # the command reproduces these files
     rows = _table_rows(md)
     assert rows[0] == latency.COLUMNS
     names = [row[0] for row in rows[2:]]

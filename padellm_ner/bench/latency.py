@@ -71,7 +71,9 @@ _COMMAND_KEYS = (
     "device",
     "dtype",
     "max_new_tokens",
+    "warmup",
     "out",
+    "name",
 )
 
 
