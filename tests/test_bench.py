@@ -222,3 +222,24 @@ def test_load_levels_with_fake_client(tmp_path: Path) -> None:
         "fake",
         "other",
     }
+
+
+def test_bench_commit_is_marked_dirty(tmp_path: Path, monkeypatch) -> None:
+    """A report names the code it measured: an edited tracked file makes the commit ``-dirty``."""
+    import subprocess
+
+    def git(*cmd: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *cmd],
+                       cwd=tmp_path, check=True, capture_output=True)  # fmt: skip
+
+    (tmp_path / "f.txt").write_text("a")
+    git("init", "-q")
+    git("add", "f.txt")
+    git("commit", "-qm", "one")
+    monkeypatch.setattr(report, "_REPO_ROOT", tmp_path)
+    clean = report._git_commit()
+    assert clean != "unknown" and not clean.endswith("-dirty")
+    (tmp_path / "untracked.md").write_text("x")  # e.g. this run's own output files
+    assert report._git_commit() == clean
+    (tmp_path / "f.txt").write_text("b")
+    assert report._git_commit() == clean + "-dirty"

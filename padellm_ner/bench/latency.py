@@ -536,6 +536,8 @@ def run_latency_cli(args: Any) -> int:
         served, client = _served_extract(args.server, info.labels)
     from tqdm import tqdm
 
+    # NOTE: taken before the run, so the commit is the code that ran, not a later one.
+    machine = report.machine_info(device)
     bar = tqdm(total=len(examples), desc="bench latency", unit="sentence", mininterval=5)
 
     def progress(i: int, n: int) -> None:
@@ -572,7 +574,7 @@ def run_latency_cli(args: Any) -> int:
         name,
         result,
         rows,
-        report.machine_info(device),
+        machine,
         report.format_command(args, _COMMAND_KEYS),
         extra,
     )

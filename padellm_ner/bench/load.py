@@ -321,6 +321,7 @@ def run_load_cli(args: Any) -> int:
                 )
             return await run_load(client.extract, texts, levels, args.duration, label)
 
+    machine = report.machine_info()  # NOTE: before the run: the commit of the code that ran
     results = asyncio.run(main())
     extra = {
         "Server": f"{args.server}, model `{args.model_name}`",
@@ -331,7 +332,7 @@ def run_load_cli(args: Any) -> int:
         Path(args.out),
         label,
         results,
-        report.machine_info(),
+        machine,
         report.format_command(args, _COMMAND_KEYS),
         extra,
     )

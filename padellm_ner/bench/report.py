@@ -84,16 +84,17 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=_REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
+    """The short commit, with ``-dirty`` when tracked files differ from it."""
+
+    def git(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *cmd], cwd=_REPO_ROOT, capture_output=True, text=True, timeout=10, check=check
         )
-        return out.stdout.strip() or "unknown"
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+        dirty = git("diff-index", "--quiet", "HEAD", "--", check=False).returncode == 1
+        return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
