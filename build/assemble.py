@@ -97,6 +97,7 @@ def assemble_repository(
     max_llm_inflight: int | None = None,
     llm_transport: str | None = None,
     llm_url: str | None = None,
+    batch_window_us: int | None = None,
     method: str | None = None,
     max_new_tokens: int | None = None,
     engine_dir: str | None = None,
@@ -116,6 +117,8 @@ def assemble_repository(
         max_new_tokens: a baseline sequence's token limit (default 160).
         llm_transport: ``grpc`` (default: loopback to ``llm_url``, else the server's own
             port from ``$PADELLM_LLM_URL``, else localhost:8001) or ``bls``.
+        batch_window_us: how long the idle torch ``llm`` engine waits for more requests
+            before stepping (``EngineLoop.batch_window_s``); unset: the model's 5000 (5 ms).
         check_model: require ``model`` to be a known name or a model folder on this machine.
 
     Returns:
@@ -138,7 +141,7 @@ def assemble_repository(
         llm_name, batch_dim = "llm", False
         _copy_model("llm", out, {
             "model": model, "device": device, "dtype": dtype, "max_batch_size": max_batch_size,
-            "python_site_packages": site_packages,
+            "batch_window_us": batch_window_us, "python_site_packages": site_packages,
         }, template_dir)
     elif llm_backend == "tensorrtllm":
         llm_name, batch_dim = "tensorrt_llm", True
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         help="how the orchestrator calls the LLM model (default grpc: loopback to --llm-url)",
     )
     parser.add_argument("--llm-url", help="the LLM model's gRPC address (default: $PADELLM_LLM_URL, else localhost:8001)")
+    parser.add_argument(
+        "--batch-window-us", type=int,
+        help="torch llm model: wait this long when idle for more requests before a step (default 5000)",
+    )
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--no-check-model", action="store_true",
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
         engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url,
-        overwrite=args.overwrite, check_model=not args.no_check_model,
+        batch_window_us=args.batch_window_us, overwrite=args.overwrite, check_model=not args.no_check_model,
     )
     print(out)
     return 0

@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--llm-transport", choices=["grpc", "bls"], default="grpc",
         help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS",
     )
+    p.add_argument(
+        "--batch-window-us", type=int,
+        help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
+    )
 
     p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")
     p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")

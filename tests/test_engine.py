@@ -193,3 +193,42 @@ def test_multi_token_stop_words_end_a_row_where_they_complete() -> None:
     assert other.token_ids == free  # a batch neighbour's stop word does not touch it
     req = GenerationRequest(prompt, 12, (codec.end_id,), stop_words=(word,))
     assert req.stops_at(list(free[: first + 2])) and not req.stops_at(list(free[: first + 1]))
+
+
+def _served_two(batch_window_s: float) -> tuple[EngineCore, dict[str, list[int]]]:
+    """Two requests into an ``EngineLoop``, the second 50 ms after the first."""
+    import threading
+    import time
+
+    from padellm_ner.engine import EngineLoop
+
+    core = _fresh_core(min_shared_prefix=0)
+    loop = EngineLoop(core, batch_window_s=batch_window_s)
+    tokens: dict[str, list[int]] = {"a": [], "b": []}
+    done = {key: threading.Event() for key in tokens}
+
+    def callback(out) -> None:
+        if out.token_id is not None:
+            tokens[out.req_id].append(out.token_id)
+        if out.finished:
+            done[out.req_id].set()
+
+    reqs = _requests(6)
+    try:
+        loop.submit("a", reqs[0], callback)
+        time.sleep(0.05)
+        loop.submit("b", reqs[5], callback)
+        assert all(event.wait(120) for event in done.values())
+    finally:
+        loop.shutdown()
+    return core, tokens
+
+
+def test_batch_window_admits_requests_sent_apart_in_one_prefill() -> None:
+    """The served ``llm`` model's window: requests a few ms apart share the first step."""
+    at_once, tokens_at_once = _served_two(0.0)
+    windowed, tokens_windowed = _served_two(0.5)
+    assert at_once.stats.num_prefill_forwards == 2  # b joined the running batch later
+    assert windowed.stats.num_prefill_forwards == 1  # both admitted by the first step
+    assert tokens_windowed == tokens_at_once  # greedy tokens do not depend on batching
+    assert tokens_at_once["a"] and tokens_at_once["b"]

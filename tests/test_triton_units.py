@@ -95,6 +95,9 @@ def test_assemble_python_repository(tmp_path):
         assemble_repository(repo, "/nonexistent-model", check_model=False)
     bls = assemble_repository(tmp_path / "b", "/nonexistent-model", llm_transport="bls", check_model=False)
     assert 'key: "llm_transport" value: { string_value: "bls" }' in (bls / "padellm" / "config.pbtxt").read_text()
+    assert 'key: "batch_window_us"' not in (repo / "llm" / "config.pbtxt").read_text()  # the model's 5 ms
+    off = assemble_repository(tmp_path / "w", "/nonexistent-model", batch_window_us=0, check_model=False)
+    assert 'key: "batch_window_us" value: { string_value: "0" }' in (off / "llm" / "config.pbtxt").read_text()
 
 
 # -- validation ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,10 +37,19 @@ class _Abort:
 
 
 class EngineLoop:
-    """Thread-safe front of one ``EngineCore``; callbacks run on the engine thread."""
+    """Thread-safe front of one ``EngineCore``; callbacks run on the engine thread.
 
-    def __init__(self, core: EngineCore, name: str = "padellm-engine") -> None:
+    ``batch_window_s``: when the engine is idle, how long it waits after a request
+    arrives for others before its first step (like Triton's ``max_queue_delay``). The
+    orchestrator's count requests arrive a few ms apart; admitted together they share
+    one prefill of their common prefix. 0 (default) steps at once.
+    """
+
+    def __init__(
+        self, core: EngineCore, name: str = "padellm-engine", batch_window_s: float = 0.0
+    ) -> None:
         self.core = core
+        self.batch_window_s = max(0.0, batch_window_s)
         self._inbox: list[_Submit | _Abort] = []
         self._callbacks: dict[str, StepCallback] = {}
         self._wake = threading.Condition()
@@ -83,8 +93,13 @@ class EngineLoop:
     def _run(self) -> None:
         while True:
             with self._wake:
+                idle = not self.core.has_unfinished()
                 while not self._inbox and not self.core.has_unfinished() and not self._stopping:
                     self._wake.wait()
+                if idle and self.batch_window_s > 0:
+                    deadline = time.monotonic() + self.batch_window_s
+                    while not self._stopping and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
                 if self._stopping:
                     break
                 inbox, self._inbox = self._inbox, []

@@ -43,6 +43,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.labels,
             llm_backend=args.llm_backend,
             llm_transport=args.llm_transport,
+            batch_window_us=args.batch_window_us,
             device=args.device,
             dtype=args.dtype,
             max_batch_size=args.max_batch_size,
