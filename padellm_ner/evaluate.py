@@ -26,8 +26,8 @@ class EvalResult:
     mean_tokens_per_sequence: float
     mean_sequences_per_sentence: float
     count_accuracy: float | None  # PaDeLLM: share of (sentence, label) counts that are right
-    # NOTE: the wrong counts split by direction: too low costs recall, too high mostly
-    # costs nothing (an extra branch repeats a mention and de-dup drops it) or precision.
+    # NOTE: the wrong counts split by direction: too low always costs recall; too high
+    # costs nothing when the extra branch repeats a mention (de-dup drops it), else precision.
     count_too_low: float | None = None
     count_too_high: float | None = None
 
