@@ -263,6 +263,27 @@ def test_resume_continues_from_the_checkpoint_step(
     assert result.losses == pytest.approx(full.losses, rel=1e-4)
 
 
+def test_stop_at_step_keeps_the_planned_schedule(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    """--stop-at-step ends a 6-step run after step 3 on the 6-step schedule (a --max-minutes
+    cut made reproducible); --max-steps 3 would plan 3 steps and decay the LR to 0 by then."""
+    units = _units(examples, codec)
+    full = Trainer(_config(tmp_path / "full", tiny_base, max_steps=6, save_every=2, log_every=1)).train(units)
+    cut = Trainer(
+        _config(tmp_path / "cut", tiny_base, max_steps=6, save_every=2, log_every=1, stop_at_step=3)
+    ).train(units)
+    short = Trainer(_config(tmp_path / "short", tiny_base, max_steps=3, save_every=2, log_every=1)).train(units)
+    assert (cut.steps, cut.total_steps) == (3, 6)
+    assert cut.losses == pytest.approx(full.losses[:3], rel=1e-4)
+    lr = {
+        name: [json.loads(line)["lr"] for line in (tmp_path / name / "train_log.jsonl").open()]
+        for name in ("full", "cut", "short")
+    }
+    assert lr["cut"][-1] == pytest.approx(lr["full"][2]) and lr["cut"][-1] > lr["short"][-1]
+    assert latest_checkpoint(tmp_path / "cut").name == "step-3"
+
+
 def test_full_fine_tune_saves_a_model(
     tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
 ) -> None:

@@ -5,7 +5,7 @@ so the baselines share PaDeLLM's recipe. The saved folder holds ``padellm.json``
 format, prompt label words, tags, language, datasets and base, which serving reads.
 
 ``python -m padellm_ner.train.cli`` accepts the same options plus a few extra ones
-(``--zero-count-keep``, ``--micro-tokens``, ``--max-len``, ``--max-minutes``, ``--log-every``).
+(``--zero-count-keep``, ``--micro-tokens``, ``--max-len``, ``--max-minutes``, ``--stop-at-step``, ``--log-every``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=int, default=512, help="drop longer sequences")
     p.add_argument(
         "--max-minutes", type=float, default=None, help="stop and save after this wall time"
+    )
+    p.add_argument(
+        "--stop-at-step", type=int, default=None,
+        help="stop and save after this step, keeping the planned LR schedule "
+        "(reproduces a run --max-minutes cut short; --max-steps shortens the schedule)",
     )
     p.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
     p.add_argument("--keep-checkpoints", type=int, default=2)
@@ -273,6 +278,7 @@ def run_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         log_every=int(getattr(args, "log_every", 10)),
         max_minutes=getattr(args, "max_minutes", None),
+        stop_at_step=getattr(args, "stop_at_step", None),
         keep_checkpoints=int(getattr(args, "keep_checkpoints", 2)),
         row_tokens=int(getattr(args, "row_tokens", 256)) or None,
         progress=True,

@@ -69,6 +69,8 @@ class TrainConfig:
     threads: int | None = None
     log_every: int = 10
     max_minutes: float | None = None  # stop (checkpoint + final save) after this wall time
+    # stop after this step, schedule unchanged: reproduces a run that --max-minutes cut short
+    stop_at_step: int | None = None
     progress: bool = True
 
 
@@ -416,11 +418,13 @@ class Trainer:
                     fh.write(json.dumps(record) + "\n")
                 bar.write(json.dumps(record), file=sys.stderr)
             out_of_time = cfg.max_minutes is not None and elapsed > cfg.max_minutes * 60
-            if cfg.save_every and (step % cfg.save_every == 0 or out_of_time) and step < total:
+            at_stop = cfg.stop_at_step is not None and step >= cfg.stop_at_step
+            if cfg.save_every and (step % cfg.save_every == 0 or out_of_time or at_stop) and step < total:
                 self._save_checkpoint(step, snapshot())
                 saved_at = step
-            if out_of_time:
-                logger.warning("stopping at step %d of %d: --max-minutes reached", step, total)
+            if out_of_time or at_stop:
+                why = "--max-minutes reached" if out_of_time else "--stop-at-step reached"
+                logger.warning("stopping at step %d of %d: %s", step, total, why)
                 break
         bar.close()
         wall = time.perf_counter() - t0
