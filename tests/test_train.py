@@ -20,7 +20,13 @@ from padellm_ner.train.dataset import (  # noqa: E402
     pack_unit,
     plan_epoch,
 )
-from padellm_ner.train.trainer import TrainConfig, Trainer, latest_checkpoint, lr_factor  # noqa: E402
+from padellm_ner.train.trainer import (  # noqa: E402
+    TrainConfig,
+    Trainer,
+    TrainResult,
+    latest_checkpoint,
+    lr_factor,
+)
 from padellm_ner.types import Entity, Example  # noqa: E402
 from tests.model_cache import make_tiny_llama  # noqa: E402
 
@@ -269,11 +275,13 @@ def test_stop_at_step_keeps_the_planned_schedule(
     """--stop-at-step ends a 6-step run after step 3 on the 6-step schedule (a --max-minutes
     cut made reproducible); --max-steps 3 would plan 3 steps and decay the LR to 0 by then."""
     units = _units(examples, codec)
-    full = Trainer(_config(tmp_path / "full", tiny_base, max_steps=6, save_every=2, log_every=1)).train(units)
-    cut = Trainer(
-        _config(tmp_path / "cut", tiny_base, max_steps=6, save_every=2, log_every=1, stop_at_step=3)
-    ).train(units)
-    short = Trainer(_config(tmp_path / "short", tiny_base, max_steps=3, save_every=2, log_every=1)).train(units)
+    def run(name: str, **kw) -> TrainResult:
+        cfg = _config(tmp_path / name, tiny_base, save_every=2, log_every=1, **kw)
+        return Trainer(cfg).train(units)
+
+    full = run("full", max_steps=6)
+    cut = run("cut", max_steps=6, stop_at_step=3)
+    run("short", max_steps=3)
     assert (cut.steps, cut.total_steps) == (3, 6)
     assert cut.losses == pytest.approx(full.losses[:3], rel=1e-4)
     lr = {
