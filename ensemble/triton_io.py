@@ -146,8 +146,9 @@ class EngineMetrics:
         "sum_batch_size": ("padellm_llm_batch_size_sum", "Sum over decode steps of the sequences in the step"),
         "num_tokens_prefilled": ("padellm_llm_first_tokens_total", "Tokens sampled from prefill logits (each request's first)"),
         "num_prompt_tokens": ("padellm_llm_prompt_tokens_total", "Prompt tokens of admitted requests"),
-        "num_prompt_tokens_shared": ("padellm_llm_prompt_tokens_shared_total", "Prompt tokens whose KV came from a prefix shared by requests admitted together"),
+        "num_prompt_tokens_shared": ("padellm_llm_prompt_tokens_shared_total", "Prompt tokens whose KV came from a shared prefix (computed once per group, or cached)"),
         "num_prompt_tokens_cached": ("padellm_llm_prompt_tokens_cached_total", "Shared-prefix tokens found in the prefix KV cache (no forward)"),
+        "num_prompt_tokens_computed": ("padellm_llm_prompt_tokens_computed_total", "Prompt tokens run through a forward (the prefill work actually done)"),
     }
 
     def __init__(self, model_name: str) -> None:

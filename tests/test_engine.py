@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from padellm_ner.engine import EngineCore, TorchLLM
@@ -132,6 +134,10 @@ def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> Non
     assert shared_core.stats.num_prefill_forwards == 1 + sum(shared > 0 for _, shared in groups)
     assert plain_core.stats.num_prefill_forwards == 1
     assert plain_core.stats.num_prompt_tokens_shared == 0
+    assert plain_core.stats.num_prompt_tokens_computed == plain_core.stats.num_prompt_tokens
+    # each shared prefix is computed once, not once per row
+    saved = sum(shared * (len(rows) - 1) for rows, shared in groups)
+    assert shared_core.stats.num_prompt_tokens_computed == plain_core.stats.num_prompt_tokens - saved
     # every prompt of a sentence shares the instruction and the sentence
     assert shared_core.stats.num_prompt_tokens_shared > 0.6 * shared_core.stats.num_prompt_tokens
     # again: the prefixes come from the prefix cache now (no prefix forward), same tokens
@@ -174,6 +180,29 @@ def test_prefix_reuse_keeps_rows_apart() -> None:
         got = TorchLLM(core).generate(reqs)
         assert [r.token_ids for r in got] == expected, f"phase {n}"
     assert core.stats.num_prefix_cache_hits > 0 and core.stats.num_prompt_tokens_shared > 0
+
+
+def test_a_prompt_alone_extends_a_cached_prefix() -> None:
+    """A sentence's only mention request, admitted alone after its count requests,
+    prefills just its own tail on the cached count prefix, and decodes as if alone."""
+    codec = smollm2_codec()
+    text = SENTENCES[0]
+    counts = [tuple(codec.encode(ENGLISH.count_prompt(text, label))) for label in LABELS[:3]]
+    mention = counts[1] + tuple(codec.encode(ENGLISH.mention_prefix(1, 1)))
+    core = _fresh_core()
+    llm = TorchLLM(core)
+    llm.generate([GenerationRequest(c, 3, ()) for c in counts])
+    before = core.stats.snapshot()
+    got = llm.generate([GenerationRequest(mention, 5, ())])[0]
+    solo = TorchLLM(_fresh_core(min_shared_prefix=0)).generate([GenerationRequest(mention, 5, ())])[0]
+    assert got.token_ids == solo.token_ids
+    assert torch.allclose(torch.tensor(got.log_probs), torch.tensor(solo.log_probs), atol=1e-4)
+    head = len(os.path.commonprefix([list(c) for c in counts]))
+    assert core.stats.num_prefill_forwards - before.num_prefill_forwards == 1  # tail only
+    assert core.stats.num_prompt_tokens_cached - before.num_prompt_tokens_cached == head
+    assert core.stats.num_prompt_tokens_shared - before.num_prompt_tokens_shared == head
+    computed = core.stats.num_prompt_tokens_computed - before.num_prompt_tokens_computed
+    assert computed == len(mention) - head
 
 
 def test_multi_token_stop_words_end_a_row_where_they_complete() -> None:

@@ -10,6 +10,8 @@ New rows whose prompts share a long prefix (PaDeLLM: every count and mention pro
 sentence starts with the instruction and the sentence) prefill that prefix once and only
 their own tails per row, like TensorRT-LLM's KV-cache block reuse within one batch. The
 tails are left-padded after the prefix, so a row may hold masked columns in the middle.
+Shared prefixes are kept (LRU) so that a later prompt extending one, grouped or alone,
+prefills only the rest: PaDeLLM's mention prompts extend the count prompts' prefix.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class EngineStats:
     num_tokens_prefilled: int = 0  # first tokens, sampled from prefill logits
     num_prefill_steps: int = 0  # engine steps that admitted new rows
     num_prompt_tokens: int = 0  # prompt tokens of admitted rows
-    num_prompt_tokens_shared: int = 0  # of those, served by a prefix computed once per group
+    num_prompt_tokens_shared: int = 0  # of those, served by a prefix's KV (once per group, or cached)
     num_prompt_tokens_cached: int = 0  # prefix tokens found in the prefix cache (no forward)
+    num_prompt_tokens_computed: int = 0  # prompt tokens run through a forward (pads excluded)
     num_prefix_cache_hits: int = 0
     sum_batch_size: int = 0  # rows per decode forward, summed
     max_batch_size: int = 0
@@ -195,6 +198,17 @@ class ModelRunner:
                 for i in rows:
                     shared[i] = length
                 self.stats.num_prompt_tokens_shared += length * len(rows)
+                continue
+            # NOTE: a prompt without a partner this step may still extend a cached prefix
+            # (PaDeLLM: a sentence's only mention request after its count requests)
+            for i in rows:
+                prompt = tuple(reqs[i].prompt_ids)
+                hit = self._cached_head(prompt, longest=len(prompt) - 1)
+                if self.min_shared_prefix > 0 and len(hit) >= self.min_shared_prefix:
+                    prefix_kv.append(([i], self._prefixes[hit]))
+                    shared[i] = len(hit)
+                    self._count_hit(hit)
+                    self.stats.num_prompt_tokens_shared += len(hit)
         width_p = max(shared)
         cache = DynamicCache()
         if width_p:
@@ -232,6 +246,7 @@ class ModelRunner:
         start = torch.tensor(shared, device=self.device)[:, None]
         positions = start + (tail_mask.cumsum(dim=1) - 1).clamp(min=0)
         mask = torch.cat([prefix_mask.to(self.device), tail_mask], dim=1)
+        self.stats.num_prompt_tokens_computed += sum(len(t) for t in tails)
         first = self._sample(self._forward(ids, mask, positions, cache), reqs)
         return cache, mask, start[:, 0] + tail_mask.sum(dim=1), first
 
@@ -241,20 +256,16 @@ class ModelRunner:
         PaDeLLM's mention prompts repeat the count prompts' instruction and sentence, so the
         mention phase finds that prefix here instead of prefilling it again.
         """
-        if prefix in self._prefixes:
-            hit = prefix
-        else:
-            hit = max((p for p in self._prefixes if prefix[: len(p)] == p), key=len, default=())
+        hit = prefix if prefix in self._prefixes else self._cached_head(prefix, len(prefix))
         if hit:
-            self._prefixes.move_to_end(hit)
-            self.stats.num_prefix_cache_hits += 1
-            self.stats.num_prompt_tokens_cached += len(hit)
+            self._count_hit(hit)
         if hit == prefix:
             return self._prefixes[hit]
         cache = DynamicCache()
         for i, (k, v) in enumerate(self._prefixes.get(hit, ())):
             cache.update(k, v, i)
         rest = torch.tensor([prefix[len(hit) :]], device=self.device)
+        self.stats.num_prompt_tokens_computed += len(prefix) - len(hit)
         mask = torch.ones((1, len(prefix)), dtype=torch.long, device=self.device)
         positions = torch.arange(len(hit), len(prefix), device=self.device)[None]
         self._forward(rest, mask, positions, cache)
@@ -264,6 +275,19 @@ class ModelRunner:
         while len(self._prefixes) > self.prefix_cache_size:
             self._prefixes.popitem(last=False)
         return kv
+
+    def _cached_head(self, prompt: tuple[int, ...], longest: int) -> tuple[int, ...]:
+        """The longest cached prefix of ``prompt`` no longer than ``longest`` (or ())."""
+        return max(
+            (p for p in self._prefixes if len(p) <= longest and prompt[: len(p)] == p),
+            key=len,
+            default=(),
+        )
+
+    def _count_hit(self, hit: tuple[int, ...]) -> None:
+        self._prefixes.move_to_end(hit)
+        self.stats.num_prefix_cache_hits += 1
+        self.stats.num_prompt_tokens_cached += len(hit)
 
     def _forward(
         self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
