@@ -256,7 +256,7 @@ class ModelRunner:
         PaDeLLM's mention prompts repeat the count prompts' instruction and sentence, so the
         mention phase finds that prefix here instead of prefilling it again.
         """
-        hit = prefix if prefix in self._prefixes else self._cached_head(prefix, len(prefix))
+        hit = self._cached_head(prefix, len(prefix))  # the whole prefix, when cached
         if hit:
             self._count_hit(hit)
         if hit == prefix:
