@@ -98,6 +98,7 @@ def assemble_repository(
     llm_transport: str | None = None,
     llm_url: str | None = None,
     batch_window_us: int | None = None,
+    count_hedge: float | None = None,
     method: str | None = None,
     max_new_tokens: int | None = None,
     engine_dir: str | None = None,
@@ -119,6 +120,8 @@ def assemble_repository(
             port from ``$PADELLM_LLM_URL``, else localhost:8001) or ``bls``.
         batch_window_us: how long the idle torch ``llm`` engine waits for more requests
             before stepping (``EngineLoop.batch_window_s``); unset: the model's 5000 (5 ms).
+        count_hedge: PaDeLLM's count hedge threshold (``PlanConfig.count_hedge``); unset:
+            the value recorded with the model (``padellm.json``), else 0 (off).
         check_model: require ``model`` to be a known name or a model folder on this machine.
 
     Returns:
@@ -169,6 +172,7 @@ def assemble_repository(
         "llm_url": llm_url,
         "method": method,
         "max_new_tokens": max_new_tokens,
+        "count_hedge": count_hedge,
         "python_site_packages": site_packages,
     }, template_dir)
     logger.info("assembled %s (labels %s, llm %s)", out, labels, llm_name)
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-window-us", type=int,
         help="torch llm model: wait this long when idle for more requests before a step (default 5000)",
     )
+    parser.add_argument("--count-hedge", type=float,
+                        help="PaDeLLM count hedge threshold (default: the model's recorded value, else 0)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(
         "--no-check-model", action="store_true",
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
         engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url,
-        batch_window_us=args.batch_window_us, overwrite=args.overwrite, check_model=not args.no_check_model,
+        batch_window_us=args.batch_window_us, count_hedge=args.count_hedge, overwrite=args.overwrite, check_model=not args.no_check_model,
     )
     print(out)
     return 0

@@ -173,6 +173,7 @@ class Orchestrator:
                 max_count_tokens=config.max_count_tokens,
                 max_mention_tokens=config.max_mention_tokens,
                 dedup=request.dedup,
+                count_hedge=config.count_hedge,
             ),
             lang=self.config.lang,
         )
@@ -259,13 +260,14 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
     codec = PromptCodec(tokenizer, end_id)
     _ = codec.newline_ids  # NOTE: computed once here (a vocab scan), not on the first request
     labels = tuple(json.loads(get("labels", "[]")))
+    # NOTE: the method the model was trained for (padellm.json), unless the config overrides it.
+    info = read_model_info(model_dir)
     plan = PlanConfig(
         max_mentions=int(get("max_mentions", "16")),
         max_count_tokens=int(get("max_count_tokens", "4")),
         max_mention_tokens=int(get("max_mention_tokens", "24")),
+        count_hedge=float(get("count_hedge", str(info.count_hedge or 0.0))),
     )
-    # NOTE: the method the model was trained for (padellm.json), unless the config overrides it.
-    info = read_model_info(model_dir)
     method = get("method", "") or info.format
     config = OrchestratorConfig(
         method=method,
@@ -285,7 +287,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         max_inflight=int(get("max_llm_inflight", "32")),
     )
     logger.info(
-        "padellm orchestrator: model %s, method %s, labels %s, llm %s",
-        model, method, labels, llm.model_name,
+        "padellm orchestrator: model %s, method %s, labels %s, llm %s, count_hedge %g",
+        model, method, labels, llm.model_name, plan.count_hedge,
     )  # fmt: skip
     return Orchestrator(config, codec, llm)

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
     p.add_argument("--max-mentions", type=int, default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")
+    p.add_argument("--count-hedge", type=float, default=None, metavar="P",
+                   help="PaDeLLM: also decode mention n+1 of a count n less probable than P "
+                        "(0 = off, the paper; default: the model's recorded value)")
     _add_model_args(p)
 
     p = sub.add_parser("serve", help="run tritonserver with the padellm-ner model repository")
@@ -69,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-window-us", type=int,
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
     )
+    p.add_argument("--count-hedge", type=float, default=None, metavar="P",
+                   help="PaDeLLM: hedge counts less probable than P (see extract; default: the model's)")
 
     p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")
     p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")
@@ -109,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding method (default: the one the model was trained for)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
+    p.add_argument("--count-hedge", metavar="P[,P...]", default=None,
+                   help="PaDeLLM: hedge counts less probable than P (see extract); several values "
+                        "decode once at the highest and report each (a sweep to choose P on dev)")
     p.add_argument("--batch-sentences", type=int, default=8,
                    help="sentences decoded together (throughput only: scores are per sentence)")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from argparse import Namespace
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from padellm_ner.errors import InvalidInputError
@@ -13,7 +13,7 @@ from padellm_ner.extraction import ExtractionOutput, Extractor
 from padellm_ner.metrics import F1Report, Score, evaluate_predictions
 from padellm_ner.types import Entity, Example
 
-__all__ = ["EvalResult", "evaluate_model", "merge_results", "result_from_dict", "run_evaluate"]
+__all__ = ["EvalResult", "evaluate_model", "merge_results", "parse_hedges", "result_from_dict", "run_evaluate"]
 
 
 @dataclass
@@ -30,6 +30,11 @@ class EvalResult:
     # costs nothing when the extra branch repeats a mention (de-dup drops it), else precision.
     count_too_low: float | None = None
     count_too_high: float | None = None
+    count_hedge: float | None = None  # PaDeLLM: the threshold these entities were resolved at
+    hedge_branches: float | None = None  # PaDeLLM: hedge branches per sentence at it
+    # NOTE: a threshold sweep (one decode at the highest, resolved at each): the
+    # entities differ per threshold, the decode cost fields are the decode's.
+    sweep: list[EvalResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = self.report.to_dict()
@@ -41,7 +46,11 @@ class EvalResult:
             count_accuracy=self.count_accuracy,
             count_too_low=self.count_too_low,
             count_too_high=self.count_too_high,
+            count_hedge=self.count_hedge,
+            hedge_branches=self.hedge_branches,
         )
+        if self.sweep:
+            out["sweep"] = [part.to_dict() for part in self.sweep]
         return out
 
     def format_text(self) -> str:
@@ -58,6 +67,22 @@ class EvalResult:
                 line += (f" (too low {100 * self.count_too_low:.2f}%,"
                          f" too high {100 * self.count_too_high:.2f}%)")
             lines.append(line)
+        if self.count_hedge:
+            lines.append(f"count hedge below {self.count_hedge:g}: "
+                         f"{self.hedge_branches or 0:.2f} extra branches per sentence")
+        if self.sweep:
+            lines.append(self.format_sweep())
+        return "\n".join(lines)
+
+    def format_sweep(self) -> str:
+        """The threshold sweep as a table: scores and extra branches per threshold."""
+        lines = [f"{'count_hedge':>11} {'P':>6} {'R':>6} {'F1':>6} {'span F1':>7} {'hedges/sent':>11}"]
+        for part in self.sweep:
+            m, span = part.report.micro, part.report.span_micro
+            lines.append(
+                f"{part.count_hedge or 0:11g} {100 * m.precision:6.2f} {100 * m.recall:6.2f}"
+                f" {100 * m.f1:6.2f} {100 * span.f1:7.2f} {part.hedge_branches or 0:11.2f}"
+            )
         return "\n".join(lines)
 
 
@@ -83,6 +108,9 @@ def result_from_dict(data: dict[str, Any]) -> EvalResult:
         _optional(data, "count_accuracy"),
         _optional(data, "count_too_low"),
         _optional(data, "count_too_high"),
+        _optional(data, "count_hedge"),
+        _optional(data, "hedge_branches"),
+        [result_from_dict(part) for part in data.get("sweep") or []],
     )
 
 
@@ -107,6 +135,13 @@ def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
                 into.setdefault(label, Score()).add(score.tp, score.fp, score.fn)
     n = report.num_sentences or 1
     seqs = [p.mean_sequences_per_sentence * p.report.num_sentences for p in parts]
+    hedges = {p.count_hedge for p in parts}
+    if len(hedges) > 1:
+        raise InvalidInputError(f"the shards were resolved at different count_hedge values: {sorted(map(str, hedges))}")
+    taus = {tuple(s.count_hedge for s in p.sweep) for p in parts}
+    if len(taus) > 1:
+        raise InvalidInputError("the shards swept different count_hedge thresholds")
+    sweep = [merge_results([p.sweep[i] for p in parts]) for i in range(len(parts[0].sweep))]
 
     def mean(attr: str) -> float:
         return sum(getattr(p, attr) * p.report.num_sentences for p in parts) / n
@@ -127,6 +162,9 @@ def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
         share("count_accuracy"),
         share("count_too_low"),
         share("count_too_high"),
+        parts[0].count_hedge,
+        share("hedge_branches"),
+        sweep,
     )
 
 
@@ -149,6 +187,10 @@ def evaluate_model(
     wanted = set(labels)
     gold: list[list[Entity]] = []
     pred: list[list[Entity]] = []
+    taus = sorted(getattr(extractor, "hedge_sweep", ()))
+    pred_at: dict[float, list[list[Entity]]] = {tau: [] for tau in taus}
+    hedges_at: dict[float, int] = dict.fromkeys(taus, 0)
+    num_hedged = 0
     steps = steps_batch = tokens = sequences = 0
     counts_right = counts_total = counts_low = counts_high = 0
     bar = tqdm(total=len(examples), desc="evaluate", unit="sent", disable=not progress)
@@ -161,6 +203,10 @@ def evaluate_model(
     for ex, out in zip(examples, outputs):
         gold.append([e for e in ex.entities if e.label in wanted])
         pred.append(out.entities)
+        num_hedged += len(out.hedged)
+        for tau in taus:
+            pred_at[tau].append(out.entities_at[tau] if out.entities_at else out.entities)
+            hedges_at[tau] += sum(out.count_probs[label] < tau for label in out.hedged)
         steps += out.critical_path_steps
         steps_batch += out.critical_path_steps_batch
         tokens += out.num_generated_tokens
@@ -173,7 +219,7 @@ def evaluate_model(
                 counts_low += counted < gold_count
                 counts_high += counted > gold_count
     n = max(1, len(examples))
-    return EvalResult(
+    result = EvalResult(
         report=evaluate_predictions(gold, pred),
         mean_critical_path_steps=steps / n,
         mean_critical_path_steps_batch=steps_batch / n,
@@ -183,6 +229,28 @@ def evaluate_model(
         count_too_low=counts_low / counts_total if counts_total else None,
         count_too_high=counts_high / counts_total if counts_total else None,
     )
+    if counts_total:
+        result.count_hedge = extractor.plan_config.count_hedge
+        result.hedge_branches = num_hedged / n
+    result.sweep = [
+        replace(result, report=evaluate_predictions(gold, pred_at[tau]), count_hedge=tau,
+                hedge_branches=hedges_at[tau] / n, sweep=[])
+        for tau in taus
+    ]
+    return result
+
+
+def parse_hedges(value: str | None) -> list[float]:
+    """``--count-hedge 0.5`` or ``0,0.3,0.5`` (a sweep): thresholds between 0 and 1."""
+    if value is None:
+        return []
+    try:
+        taus = sorted({float(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise InvalidInputError(f"--count-hedge {value!r}: give numbers such as 0.5 or 0,0.3,0.5") from None
+    if not taus or not all(0.0 <= tau <= 1.0 for tau in taus):
+        raise InvalidInputError(f"--count-hedge {value!r}: thresholds must lie between 0 and 1")
+    return taus
 
 
 def run_evaluate(args: Namespace) -> int:
@@ -201,6 +269,7 @@ def run_evaluate(args: Namespace) -> int:
     examples = examples[skip:]
     if args.limit is not None:
         examples = examples[: args.limit]
+    taus = parse_hedges(getattr(args, "count_hedge", None))
     extractor = Extractor.from_pretrained(
         args.model,
         args.device,
@@ -208,7 +277,11 @@ def run_evaluate(args: Namespace) -> int:
         args.max_batch_size,
         method=args.format,
         plan_config=PlanConfig(dedup=Dedup(args.dedup)),
+        # NOTE: a sweep decodes once at its highest threshold and resolves at each.
+        count_hedge=taus[-1] if taus else None,
     )
+    if len(taus) > 1:
+        extractor.hedge_sweep = tuple(taus)
     # NOTE: the model's own label words win; the dataset's fill in the rest.
     extractor.info.label_words = {**info.label_words, **extractor.info.label_words}
     labels = args.labels or info.labels

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from padellm_ner.baseline_plan import BaselinePlan, run_baselines
@@ -36,6 +36,10 @@ class ExtractionOutput:
     critical_path_steps: int  # slowest branch (PaDeLLM Multi) or the one sequence (AR)
     critical_path_steps_batch: int  # phase-synchronised (PaDeLLM Batch)
     counts: dict[str, int] | None = None  # PaDeLLM: predicted count per label (tag)
+    count_probs: dict[str, float] | None = None  # PaDeLLM: P(that count) per label (tag)
+    hedged: tuple[str, ...] = ()  # PaDeLLM: labels (tags) given the count_hedge branch
+    # PaDeLLM with ``Extractor.hedge_sweep``: the entities at each count_hedge threshold
+    entities_at: dict[float, list[Entity]] | None = None
 
 
 class Extractor:
@@ -49,13 +53,18 @@ class Extractor:
         method: str | None = None,
         plan_config: PlanConfig | None = None,
         max_new_tokens: int = 160,
+        hedge_sweep: Sequence[float] = (),
     ) -> None:
+        """``hedge_sweep``: count_hedge thresholds to resolve every sentence at as well
+        (``ExtractionOutput.entities_at``); decode with ``plan_config.count_hedge`` at
+        least their highest for the sweep to mean what it says."""
         self.llm = llm
         self.codec = codec
         self.info = info or ModelInfo()
         self.method = method or self.info.format
         self.plan_config = plan_config or PlanConfig()
         self.max_new_tokens = max_new_tokens
+        self.hedge_sweep = tuple(hedge_sweep)
 
     @classmethod
     def from_pretrained(
@@ -66,13 +75,20 @@ class Extractor:
         max_batch_size: int = 64,
         method: str | None = None,
         plan_config: PlanConfig | None = None,
+        count_hedge: float | None = None,
     ) -> Extractor:
+        """``count_hedge``: ``None`` takes the threshold recorded with the model
+        (``padellm.json``), else ``plan_config``'s."""
         llm = TorchLLM.from_pretrained(
             model, device=device, dtype=dtype, max_batch_size=max_batch_size
         )
         loaded = llm.core.loaded
         info = read_model_info(loaded.path)
         codec = PromptCodec(loaded.tokenizer, loaded.end_id)
+        plan_config = plan_config or PlanConfig()
+        hedge = count_hedge if count_hedge is not None else info.count_hedge
+        if hedge is not None:
+            plan_config = replace(plan_config, count_hedge=hedge)
         return cls(llm, codec, info, method=method, plan_config=plan_config)
 
     @property
@@ -125,6 +141,12 @@ class Extractor:
         for plan, found in zip(plans, run_plans(plans, self.llm)):
             output = _output(retag(found, tag_of), plan.stats)
             output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
+            output.count_probs = {tag_of.get(w, w): p for w, p in plan.count_probs.items()}
+            output.hedged = tuple(tag_of.get(w, w) for w in plan.labels if w in plan.hedged)
+            if self.hedge_sweep:
+                output.entities_at = {
+                    tau: retag(plan.entities(tau), tag_of) for tau in self.hedge_sweep
+                }
             outputs.append(output)
         return outputs
 

@@ -31,6 +31,9 @@ class ModelInfo:
     label_words: dict[str, str] = field(default_factory=dict)
     lang: str = "en"
     trained: bool = False
+    # NOTE: a decoding default that belongs to these weights, as generation_config.json
+    # does in HF: the count_hedge threshold chosen on dev for this model (None: off).
+    count_hedge: float | None = None
 
     def words_for(self, tags: Sequence[str]) -> dict[str, str]:
         return words_for(self.label_words, tags)
@@ -60,6 +63,7 @@ def read_model_info(path: Path | None) -> ModelInfo:
         label_words=dict(zip(tags, words)),
         lang=data.get("lang", "en"),
         trained=True,
+        count_hedge=None if data.get("count_hedge") is None else float(data["count_hedge"]),
     )
 
 

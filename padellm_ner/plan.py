@@ -45,12 +45,23 @@ class PlanConfig:
         max_count_tokens: tokens allowed for the count ("12\\n" is 2-3 tokens).
         max_mention_tokens: tokens allowed for one mention string.
         dedup: cross-label de-duplication rule.
+        count_hedge: when the greedy count ``n`` of a label has probability below this,
+            one more branch decodes mention ``n+1`` (prefix ``{n+1}\n<mention n+1>``) in
+            the same mention phase, so it costs a sequence but no decode step. Its mention
+            counts only when it is new to the label and survives de-dup, scored
+            ``P(mention) * (1 - P(n))``. A count too low always loses recall; this buys
+            some back where the model itself doubts its count. 0 is the paper (off).
     """
 
     max_mentions: int = 16
     max_count_tokens: int = 4
     max_mention_tokens: int = 24
     dedup: Dedup = Dedup.STRING
+    count_hedge: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.count_hedge <= 1.0:
+            raise ValueError(f"count_hedge is {self.count_hedge}; it must be between 0 and 1")
 
 
 @dataclass
@@ -65,6 +76,7 @@ class Mention:
     start: int | None = None
     end: int | None = None
     kept: bool = True
+    hedge: bool = False  # the extra branch ``n+1`` of a doubted count (``count_hedge``)
 
     @property
     def score(self) -> float:
@@ -133,6 +145,8 @@ class PaDeLLMPlan:
         self.config = config or PlanConfig()
         self.template = template_for(lang)
         self.counts: dict[str, int] = {}
+        self.count_probs: dict[str, float] = {}  # P(greedy count) per label
+        self.hedged: set[str] = set()  # labels given the extra branch ``n+1``
         self.mentions: dict[str, list[Mention]] = {}
         self.stats = PlanStats()
         self._prompt_ids = {
@@ -163,10 +177,20 @@ class PaDeLLMPlan:
             parsed = parse_count(raw, self.config.max_mentions)
             self.stats.num_bad_counts += not parsed.ok
             self.counts[label] = parsed.count
+            num_digits = len(self.codec.strip_stop(result.token_ids))
+            self.count_probs[label] = math.exp(sum(result.log_probs[:num_digits]))
+            if (
+                parsed.ok
+                and self.count_probs[label] < self.config.count_hedge
+                and parsed.count < self.config.max_mentions
+            ):
+                self.hedged.add(label)
             self.stats.count_steps[label] = result.num_steps
             self.mentions[label] = []
         self._mention_keys = [
-            (label, k) for label in self.labels for k in range(1, self.counts[label] + 1)
+            (label, k)
+            for label in self.labels
+            for k in range(1, self.counts[label] + 1 + (label in self.hedged))
         ]
 
     # -- phase 2: mentions -----------------------------------------------------------
@@ -176,10 +200,14 @@ class PaDeLLMPlan:
         return list(self._mention_keys)
 
     def mention_requests(self) -> list[GenerationRequest]:
-        """One request per (label, k): count prompt + appended ``{n}\\n<mention k>``."""
+        """One request per (label, k): count prompt + appended ``{n}\\n<mention k>``.
+
+        A hedge branch (``k = n+1``) is written as the count it stands for: ``{n+1}``.
+        """
         requests = []
         for label, k in self._mention_keys:
-            prefix = self.codec.encode(self.template.mention_prefix(self.counts[label], k))
+            count = max(self.counts[label], k)
+            prefix = self.codec.encode(self.template.mention_prefix(count, k))
             requests.append(
                 GenerationRequest(
                     prompt_ids=tuple(self._prompt_ids[label] + prefix),
@@ -196,7 +224,11 @@ class PaDeLLMPlan:
         num_scored = len(ids)
         text = self.codec.decode(ids).strip()
         log_prob = float(sum(result.log_probs[:num_scored]))
-        self.mentions[label].append(Mention(label, k, text, log_prob, result.num_steps))
+        hedge = k > self.counts[label]
+        if hedge:
+            # NOTE: the branch exists only if the count was wrong: weigh it by 1 - P(n).
+            log_prob += math.log(max(1.0 - self.count_probs[label], 1e-12))
+        self.mentions[label].append(Mention(label, k, text, log_prob, result.num_steps, hedge=hedge))
         self.stats.mention_steps[key] = result.num_steps
 
     def accept_mentions(self, results: Sequence[GenerationResult]) -> None:
@@ -209,19 +241,36 @@ class PaDeLLMPlan:
 
     def label_done(self, label: str) -> bool:
         """All branches of ``label`` have been accepted."""
-        return label in self.counts and len(self.mentions[label]) == self.counts[label]
+        return label in self.counts and len(self.mentions[label]) == self.num_branches(label)
+
+    def num_branches(self, label: str) -> int:
+        """Mention branches of ``label``: its count, plus one when it is hedged."""
+        return self.counts[label] + (label in self.hedged)
 
     @property
     def done(self) -> bool:
         return len(self.counts) == len(self.labels) and all(map(self.label_done, self.labels))
 
     # -- phase 3: resolve -----------------------------------------------------------
-    def resolve(self) -> list[Mention]:
-        """Ground offsets and apply de-dup; returns every branch with ``kept`` set."""
+    def resolve(self, count_hedge: float | None = None) -> list[Mention]:
+        """Ground offsets and apply de-dup; returns every branch with ``kept`` set.
+
+        ``count_hedge`` (default: the config's) keeps only the hedge branches of counts
+        less probable than it: decoded once at a high threshold, a plan can be resolved
+        at any lower one with the same result as decoding at that one (``evaluate``'s
+        threshold sweep).
+        """
+        hedge_below = self.config.count_hedge if count_hedge is None else count_hedge
         branches: list[Mention] = []
         for label in self.labels:
             ordered = sorted(self.mentions.get(label, []), key=lambda m: m.k)
             ordered = [m for m in ordered if m.text]  # NOTE: an empty mention is no entity
+            named = {m.text for m in ordered if not m.hedge}
+            # NOTE: a hedge that repeats the label's own mention says the count was right.
+            ordered = [
+                m for m in ordered
+                if not m.hedge or (self.count_probs[label] < hedge_below and m.text not in named)
+            ]  # fmt: skip
             grounded: set[str] = set()
             for mention, span in zip(ordered, ground_mentions(self.text, [m.text for m in ordered])):
                 mention.start, mention.end = span if span else (None, None)
@@ -249,9 +298,9 @@ class PaDeLLMPlan:
                     m.kept = False
         return branches
 
-    def entities(self) -> list[Entity]:
+    def entities(self, count_hedge: float | None = None) -> list[Entity]:
         """The final entities, ordered by position (ungrounded ones last)."""
-        kept = [m for m in self.resolve() if m.kept]
+        kept = [m for m in self.resolve(count_hedge) if m.kept]
         entities = [Entity(m.label, m.text, m.start, m.end, m.score) for m in kept]
         return sorted(entities, key=lambda e: (e.start is None, e.start or 0, e.end or 0, e.label))
 
@@ -328,7 +377,7 @@ async def arun_plan(
         for label in plan.labels:
             if label in sent or not plan.label_done(label):
                 continue
-            if plan.counts[label] and plan.config.dedup != Dedup.OFF and not plan.done:
+            if plan.num_branches(label) and plan.config.dedup != Dedup.OFF and not plan.done:
                 continue
             sent.add(label)
             await on_label(label, plan.entities_of(label))

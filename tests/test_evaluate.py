@@ -128,3 +128,66 @@ def test_batching_sentences_does_not_change_the_report(extractor: Extractor) -> 
     two = evaluate_model(extractor, EXAMPLES, LABELS, progress=False, batch_sentences=2).to_dict()
     assert two == one
 
+
+
+class HedgingLLM(ScriptedLLM):
+    """``ScriptedLLM`` that doubts sentence 1's PER count of 0 (P 0.4; every other count
+    has P 0.905) and answers hedge branches (``k`` past the count) from ``HEDGES``."""
+
+    HEDGES = {(1, "PER"): "Peter Blackburn",  # the missed PER: a hedge finds it
+              (0, "LOC"): "EU"}  # a wrong guess: ORG's surer "EU" wins de-dup
+
+    def _answer(self, prompt: str) -> str:
+        match = re.match(r"text:\n(.*)\nentity type:\n(.*)\n\n<num>(.*)", prompt, re.S)
+        index = [e.text for e in EXAMPLES].index(match.group(1))
+        tail = re.search(r"<mention (\d+)>$", match.group(3))
+        known = ANSWERS.get((index, match.group(2)), [])
+        if tail is not None and int(tail.group(1)) > len(known):
+            return self.HEDGES.get((index, match.group(2)), "")
+        return super()._answer(prompt)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results = super().generate(requests)
+        for req, result in zip(requests, results):
+            prompt = self.codec.decode(list(req.prompt_ids))
+            if prompt.startswith(EXAMPLES[1].text, len("text:\n")) and prompt.endswith("PER\n\n<num>"):
+                result.log_probs = [-0.916] + result.log_probs[1:]  # P("0") = 0.4
+        return results
+
+
+def test_count_hedge_sweep_matches_hand_computed_f1(tmp_path, capsys) -> None:
+    import json
+
+    from padellm_ner.evaluate import merge_results, result_from_dict
+    from padellm_ner.plan import PlanConfig
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    codec = PromptCodec(tokenizer, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    swept = Extractor(HedgingLLM(codec), codec, plan_config=PlanConfig(count_hedge=1.0),
+                      hedge_sweep=(0.0, 0.5, 1.0))
+    result = evaluate_model(swept, EXAMPLES, LABELS, progress=False)
+    scores = {s.count_hedge: (s.report.micro.tp, s.report.micro.fp, s.report.micro.fn)
+              for s in result.sweep}  # fmt: skip
+    assert scores == {0.0: (4, 2, 2), 0.5: (5, 2, 1), 1.0: (5, 2, 1)}
+    assert [s.hedge_branches for s in result.sweep] == [0.0, pytest.approx(1 / 3), 4.0]
+    assert result.count_hedge == 1.0 and result.report.micro.tp == 5
+    for tau, (tp, fp, fn) in scores.items():  # the sweep is what decoding at each gives
+        alone = evaluate_model(Extractor(HedgingLLM(codec), codec, plan_config=PlanConfig(count_hedge=tau)),
+                               EXAMPLES, LABELS, progress=False)  # fmt: skip
+        assert (alone.report.micro.tp, alone.report.micro.fp, alone.report.micro.fn) == (tp, fp, fn)
+    assert "count_hedge" in result.format_text() and "hedges/sent" in result.format_sweep()
+    parts = [evaluate_model(swept, EXAMPLES[:2], LABELS, progress=False),
+             evaluate_model(swept, EXAMPLES[2:], LABELS, progress=False)]  # fmt: skip
+    merged = merge_results([result_from_dict(json.loads(json.dumps(p.to_dict()))) for p in parts])
+    assert [s.report.to_dict() for s in merged.sweep] == [s.report.to_dict() for s in result.sweep]
+    plain = evaluate_model(Extractor(HedgingLLM(codec), codec), EXAMPLES[:1], LABELS, progress=False)
+    with pytest.raises(Exception, match="count_hedge"):
+        merge_results([parts[0], plain])
+
+
+@pytest.mark.parametrize("value", ["x", "1.5", "-0.1", ","])
+def test_bad_count_hedge_is_a_cli_error(value: str, capsys) -> None:
+    from padellm_ner.cli import main
+
+    assert main(["evaluate", "--dataset", "conll2003", "--count-hedge", value, "--limit", "1"]) == 2
+    assert "--count-hedge" in capsys.readouterr().err

@@ -75,6 +75,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ([], "either a TEXT argument or --input"),
         (["--input", "missing.jsonl", "--output", "o.jsonl"], "does not exist"),
         (["--input", "x.jsonl"], "--input needs --output"),
+        (["Japan .", "--count-hedge", "1.5"], "--count-hedge is 1.5"),
+        (["Japan .", "--count-hedge", "0.5", "--server", "127.0.0.1:1"], "the server's setting"),
     ],
 )
 def test_cli_bad_input_is_a_clear_error(args: list[str], message: str) -> None:

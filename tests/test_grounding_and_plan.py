@@ -37,12 +37,13 @@ class FakeLLM:
     """Answers count prompts from ``counts`` and mention prompts from ``mentions``.
 
     ``mentions[(label, k)] = (text, log_prob)``: the log-prob is spread over the tokens.
+    ``counts[label]`` is the count text, or ``(text, log_prob)`` spread over its digits.
     """
 
     def __init__(
         self,
         codec: PromptCodec,
-        counts: dict[str, str],
+        counts: dict[str, str | tuple[str, float]],
         mentions: dict[tuple[str, int], tuple[str, float]] | None = None,
     ) -> None:
         self.codec = codec
@@ -56,13 +57,15 @@ class FakeLLM:
         head, _, tail = prompt.partition("<num>")
         label = head.rsplit("entity type:\n", 1)[1].rstrip("\n")
         if not tail:
-            text, log_prob = self.counts.get(label, "0") + "\n", 0.0
+            count = self.counts.get(label, "0")
+            count, count_lp = count if isinstance(count, tuple) else (count, 0.0)
+            ids = self.codec.encode(count + "\n") + [END_ID]
+            log_probs = [count_lp / max(1, len(count))] * len(count) + [0.0] * (len(ids) - len(count))
         else:
             k = int(re.search(r"<mention (\d+)>", tail).group(1))
             text, log_prob = self.mentions[label, k]
-        ids = self.codec.encode(text) + [END_ID]
-        num_text = max(1, len(ids) - 1)
-        log_probs = [log_prob / num_text] * len(ids)
+            ids = self.codec.encode(text) + [END_ID]
+            log_probs = [log_prob / max(1, len(ids) - 1)] * len(ids)
         out: list[int] = []
         for token in ids[: request.max_new_tokens]:
             out.append(token)
@@ -217,6 +220,69 @@ def test_arun_plan_matches_run_plan_and_streams_labels(codec) -> None:
         run_plan(_plan(codec, TEXT, ["LOC", "ORG", "PER"]), _korea_llm(codec, -0.1, -2.0)))
     assert seen[0] == ("PER", 0)  # a zero-count label is final right after counting
     assert sorted(seen) == [("LOC", 2), ("ORG", 0), ("PER", 0)]
+
+
+# -- count hedging -----------------------------------------------------------------------
+def _hedge_llm(codec) -> FakeLLM:
+    """LOC and ORG doubt their count of 1, PER its 0; MISC is sure of its 0."""
+    return FakeLLM(
+        codec,
+        counts={"LOC": ("1", math.log(0.6)), "ORG": ("1", math.log(0.5)),
+                "PER": ("0", math.log(0.5)), "MISC": "0"},
+        mentions={("LOC", 1): ("Korea", -0.1), ("LOC", 2): ("Seoul", -0.2),  # a new mention
+                  ("ORG", 1): ("Korea", -3.0), ("ORG", 2): ("Korea", -0.1),  # a repeat
+                  ("PER", 1): ("Korea", -0.05)},  # LOC's surer Korea wins de-dup
+    )
+
+
+HEDGE_LABELS = ["LOC", "ORG", "PER", "MISC"]
+
+
+def test_count_hedge_decodes_one_more_branch_for_a_doubted_count(codec) -> None:
+    llm = _hedge_llm(codec)
+    plan = _plan(codec, TEXT, HEDGE_LABELS, count_hedge=0.7)
+    entities = run_plan(plan, llm)
+    assert plan.counts == {"LOC": 1, "ORG": 1, "PER": 0, "MISC": 0}  # the greedy counts
+    assert plan.count_probs["LOC"] == pytest.approx(0.6) and plan.count_probs["MISC"] == 1.0
+    assert plan.hedged == {"LOC", "ORG", "PER"}
+    assert plan.mention_keys == [("LOC", 1), ("LOC", 2), ("ORG", 1), ("ORG", 2), ("PER", 1)]
+    prompts = [codec.decode(list(r.prompt_ids)) for r in llm.requests[4:]]
+    # NOTE: a hedge branch is written as the count it stands for.
+    assert [p.rsplit("<num>", 1)[1] for p in prompts] == [
+        "1\n<mention 1>", "2\n<mention 2>", "1\n<mention 1>", "2\n<mention 2>", "1\n<mention 1>"]
+    assert _triples(entities) == [("LOC", "Korea", 0, 5), ("LOC", "Seoul", 20, 25)]
+    assert entities[1].score == pytest.approx(math.exp(-0.2) * (1 - 0.6))  # P(mention) (1 - P(n))
+    assert plan.stats.num_sequences == 4 + 5  # hedges cost sequences ...
+    assert plan.stats.critical_path_steps_batch == 2 + 6  # ... but no step beyond the longest
+    plain = run_plan(_plan(codec, TEXT, HEDGE_LABELS), _hedge_llm(codec))
+    assert _triples(plain) == [("LOC", "Korea", 0, 5)]  # the paper's plan misses Seoul
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.55, 0.65, 1.0])
+def test_count_hedge_resolved_lower_equals_decoded_lower(codec, tau: float) -> None:
+    """One decode at the highest threshold answers every lower one (evaluate's sweep)."""
+    high = _plan(codec, TEXT, HEDGE_LABELS, count_hedge=1.0)
+    run_plan(high, _hedge_llm(codec))
+    direct = run_plan(_plan(codec, TEXT, HEDGE_LABELS, count_hedge=tau), _hedge_llm(codec))
+    assert [e.to_dict() for e in high.entities(tau)] == [e.to_dict() for e in direct]
+
+
+def test_count_hedge_streams_each_label_once_and_is_bounded(codec) -> None:
+    seen: list[tuple[str, int]] = []
+
+    async def on_label(label, entities) -> None:
+        seen.append((label, len(entities)))
+
+    plan = _plan(codec, TEXT, HEDGE_LABELS, count_hedge=0.7)
+    entities = asyncio.run(arun_plan(plan, _hedge_llm(codec), on_label=on_label))
+    assert _triples(entities) == [("LOC", "Korea", 0, 5), ("LOC", "Seoul", 20, 25)]
+    assert seen[0] == ("MISC", 0)  # sure of its zero: final after counting
+    assert sorted(seen) == [("LOC", 2), ("MISC", 0), ("ORG", 0), ("PER", 0)]
+    capped = _plan(codec, TEXT, HEDGE_LABELS, count_hedge=0.7, max_mentions=1)
+    run_plan(capped, _hedge_llm(codec))
+    assert capped.hedged == {"PER"}  # a count at max_mentions gets no branch beyond it
+    with pytest.raises(ValueError, match="count_hedge"):
+        PlanConfig(count_hedge=1.5)
 
 
 def test_baseline_answers_only_the_labels_asked_for(codec) -> None:
