@@ -33,6 +33,7 @@ __all__ = [
     "load_model",
     "load_tokenizer",
     "end_token_id",
+    "avoid_cudnn_attention",
 ]
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,20 @@ class LoadedModel:
     is_adapter: bool
 
 
+def avoid_cudnn_attention(device: str) -> None:
+    """On CUDA, keep scaled-dot-product attention off the cuDNN kernel.
+
+    With an explicit mask (the engine's padded prefills, the trainer's packed trees) torch
+    prefers cuDNN's fused attention on Hopper, which is reported to return NaN for
+    rows that see no key and in its backward pass for some lengths, and which builds a
+    plan per new shape (every decode step here); the memory-efficient kernel has neither.
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     device: str = "cpu",
@@ -228,6 +243,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype)
+    avoid_cudnn_attention(device)
     path = resolve_model_dir(name_or_path)
     base = adapter_base(path)
     base_path = resolve_model_dir(base) if base else path

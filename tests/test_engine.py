@@ -148,6 +148,23 @@ def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> Non
     assert shared_core.stats.num_prefix_cache_hits >= sum(shared > 0 for _, shared in groups)
 
 
+def test_prefill_mask_is_causal_blind_to_padding_and_never_empty() -> None:
+    """A left-padded row's pad positions see no key; a fused kernel may answer NaN there,
+    which the cache would carry into the real tokens. They are given every key instead."""
+    from padellm_ner.engine.runner import prefill_mask
+
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # row 0 padded by two
+    full = prefill_mask(mask, num_new=3)  # a 2-token cached prefix, then 3 new tokens
+    assert full.shape == (2, 1, 3, 5) and full.dtype == torch.bool
+    assert full[1, 0].tolist() == [[True, True, True, False, False],
+                                   [True, True, True, True, False],
+                                   [True, True, True, True, True]]  # fmt: skip
+    assert full[0, 0, 0].tolist() == [False, False, True, False, False]  # no pad, no future
+    dead = prefill_mask(torch.tensor([[0, 0, 1]]), num_new=3)[0, 0]
+    assert dead[0].all() and dead[1].all() and dead[2].tolist() == [False, False, True]
+    assert all(row.any() for row in prefill_mask(torch.tensor([[0, 0, 0, 1]]), 4)[0, 0])
+
+
 def test_prefix_groups() -> None:
     from padellm_ner.engine.runner import prefix_groups
 

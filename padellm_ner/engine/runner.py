@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -141,7 +142,11 @@ class ModelRunner:
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # [num_rows, vocab]
         best = log_probs.argmax(dim=-1)  # [num_rows]
         best_lp = log_probs.gather(1, best[:, None])[:, 0]
-        for req, tok, lp in zip(reqs, best.tolist(), best_lp.tolist()):
+        picked = best_lp.tolist()
+        if not all(math.isfinite(lp) for lp in picked):
+            # NOTE: a NaN row decodes token 0 forever without a word; say so instead.
+            raise RuntimeError(f"non-finite logits in a decode step (log-probs {picked})")
+        for req, tok, lp in zip(reqs, best.tolist(), picked):
             req.append_token(tok, lp)
         return best
 
@@ -295,7 +300,7 @@ class ModelRunner:
         """One prefill forward; the last position's logits."""
         out = self.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=prefill_mask(mask, ids.shape[1]),
             position_ids=positions,
             use_cache=True,
             **{self._cache_kwarg: cache},
@@ -304,6 +309,23 @@ class ModelRunner:
         self.stats.num_forwards += 1
         self.stats.num_prefill_forwards += 1
         return out.logits[:, -1, :]
+
+
+def prefill_mask(mask: torch.Tensor, num_new: int) -> torch.Tensor:
+    """The 4-D boolean mask of a prefill of ``num_new`` tokens over ``mask`` ([n, kv]).
+
+    Causal over the new tokens, blind to padding, and with every query row seeing at
+    least one key: a left-padded position sees none, and a fused attention kernel may
+    answer such a row with NaN (cuDNN's on Hopper in bf16 is reported to), which its
+    cached value then spreads to the real tokens of that row. Such a row attends to
+    everything instead; its output is never used.
+    """
+    kv = mask.shape[1]
+    past = kv - num_new
+    keys = torch.arange(kv, device=mask.device)
+    causal = keys[None, :] <= past + torch.arange(num_new, device=mask.device)[:, None]  # [q, kv]
+    full = mask.bool()[:, None, None, :] & causal[None, None]  # [n, 1, q, kv]
+    return full | ~full.any(dim=-1, keepdim=True)
 
 
 def prefix_groups(prompts: list[tuple[int, ...]], min_shared: int) -> list[tuple[list[int], int]]:

@@ -22,7 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from padellm_ner.models import BASE_MODELS, end_token_id, load_tokenizer, resolve_model_dir
+from padellm_ner.models import (
+    BASE_MODELS,
+    avoid_cudnn_attention,
+    end_token_id,
+    load_tokenizer,
+    resolve_model_dir,
+)
 from padellm_ner.train.dataset import (
     PackedUnit,
     Step,
@@ -132,6 +138,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = _pick_device(config.device)
+        avoid_cudnn_attention(self.device)
         self.base_dir = resolve_model_dir(config.base)
         self.tokenizer = load_tokenizer(str(self.base_dir))
         self.end_id = end_token_id(self.tokenizer, self.base_dir)
@@ -364,6 +371,7 @@ class Trainer:
         tokens_this_run = 0
         raw_tokens_this_run = 0
         saved_at = step
+        skipped = 0
         bar = tqdm(
             total=total,
             initial=step,
@@ -389,7 +397,12 @@ class Trainer:
             tokens_this_run += sum(len(u) for u in step_units)
             raw_tokens_this_run += sum(u.num_raw_tokens for u in step_units)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
+            if torch.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                # NOTE: one NaN step would poison the weights for good; drop it, say so.
+                skipped += 1
+                logger.warning("step %d: gradient norm %s; optimizer step skipped", step, grad_norm)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step, pos = step + 1, pos + 1
@@ -409,6 +422,7 @@ class Trainer:
                     "loss": round(sum(recent) / len(recent), 5),
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": round(float(grad_norm), 4),
+                    "skipped_steps": skipped,
                     "tokens_per_s": round(tok_s, 1),
                     "raw_tokens_per_s": round(raw_tokens_this_run / max(elapsed, 1e-9), 1),
                     "elapsed_s": round(elapsed, 1),
