@@ -143,6 +143,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
     b.add_argument("--label", help="name of this run's row and files (default: --model-name)")
     b.add_argument("--out", default="docs/benchmarks")
+    b = bsub.add_parser(
+        "campaign",
+        help="train every method with one recipe, score each on the test set, time them (a GPU lease)",
+    )
+    b.add_argument("--out", required=True, help="folder for models, reports, logs and CAMPAIGN.md")
+    b.add_argument("--methods", default="padellm,ar_struct,ar_aug,onestep")
+    b.add_argument("--dataset", default="conll2003")
+    b.add_argument("--base", default="smollm2-135m")
+    b.add_argument("--budget-minutes", type=float, default=9.0,
+                   help="wall-clock budget; rerun the same command to continue after a cut")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="float32",
+                   help="evaluate and bench dtype (float32: scores comparable with CPU runs; bf16 "
+                        "rounds the log-probs that counts and de-dup compare); training: bf16 autocast on CUDA")
+    b.add_argument("--epochs", type=float, default=4.0)
+    b.add_argument("--lr", type=float, default=5e-4)
+    b.add_argument("--warmup", type=float, default=0.03)
+    b.add_argument("--batch-tokens", type=int, default=8192)
+    b.add_argument("--micro-tokens", type=int, default=8192)
+    b.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--train-limit", type=int, default=None, help="training sentences (default: all)")
+    b.add_argument("--eval-limit", type=int, default=None, help="test sentences scored (default: all)")
+    b.add_argument("--latency-limit", type=int, default=100, help="test sentences timed")
+    b.add_argument("--export", metavar="DIR",
+                   help="afterwards, a servable copy of each trained model with its card in DIR/<method>")
     return parser
 
 

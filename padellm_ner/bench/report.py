@@ -96,7 +96,8 @@ def _git_commit() -> str:
         dirty = git("diff-index", "--quiet", "HEAD", "--", check=False).returncode == 1
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        # NOTE: a copy of the tree without .git (a GPU box): the caller says which commit.
+        return os.environ.get("PADELLM_COMMIT", "unknown")
 
 
 def machine_info(device: str | None = None) -> MachineInfo:
