@@ -26,6 +26,17 @@ _HANDLERS = {
 }
 
 
+def _hedge_threshold(value: str) -> float:
+    """``--count-hedge`` of extract and serve: one probability (argparse rejects others)."""
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--count-hedge {value!r} is not a number") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise argparse.ArgumentTypeError(f"--count-hedge is {value}; it must be between 0 and 1")
+    return threshold
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (embedded), a base name (smollm2-135m), an HF folder or a LoRA adapter folder")
@@ -50,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
     p.add_argument("--max-mentions", type=int, default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")
-    p.add_argument("--count-hedge", type=float, default=None, metavar="P",
+    p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
                    help="PaDeLLM: also decode mention n+1 of a count n less probable than P "
                         "(0 = off, the paper; default: the model's recorded value)")
     _add_model_args(p)
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-window-us", type=int,
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
     )
-    p.add_argument("--count-hedge", type=float, default=None, metavar="P",
+    p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
                    help="PaDeLLM: hedge counts less probable than P (see extract; default: the model's)")
 
     p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")

@@ -187,7 +187,7 @@ def evaluate_model(
     wanted = set(labels)
     gold: list[list[Entity]] = []
     pred: list[list[Entity]] = []
-    taus = sorted(getattr(extractor, "hedge_sweep", ()))
+    taus = sorted(extractor.hedge_sweep)
     pred_at: dict[float, list[list[Entity]]] = {tau: [] for tau in taus}
     hedges_at: dict[float, int] = dict.fromkeys(taus, 0)
     num_hedged = 0

@@ -80,18 +80,21 @@ class Job:
         argv: arguments after ``padellm-ner``.
         output: the folder (train, bench) or file (evaluate: its stdout) the job makes.
         needs: folders that must exist first (a method's trained model).
-        max_s: the job's own time cap (the campaign's remaining budget caps it too).
     """
 
     name: str
     argv: list[str]
     output: Path
     needs: list[Path] = field(default_factory=list)
-    max_s: float | None = None
+
+    @property
+    def writes_stdout(self) -> bool:
+        """An ``evaluate --json`` job: its output file is what it prints."""
+        return self.output.suffix == ".json"
 
     @property
     def done(self) -> bool:
-        if self.output.suffix == ".json":
+        if self.writes_stdout:
             return self.output.is_file() and self.output.stat().st_size > 0
         return (self.output / _DONE).is_file()
 
@@ -179,9 +182,8 @@ def _run_job(job: Job, log_dir: Path, timeout_s: float) -> JobRecord:
     log = log_dir / (job.name.replace(" ", "_") + ".log")
     shown = "padellm-ner " + shlex.join(job.argv)
     start = time.perf_counter()
-    is_file = job.output.suffix == ".json"
     job.output.parent.mkdir(parents=True, exist_ok=True)
-    partial = job.output.with_suffix(".json.partial") if is_file else None
+    partial = job.output.with_suffix(".json.partial") if job.writes_stdout else None
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w", encoding="utf-8") as err:
         stdout = open(partial, "w", encoding="utf-8") if partial else err  # noqa: SIM115
@@ -230,8 +232,8 @@ def run_campaign(
         elif left < min_job_s:
             records.append(JobRecord(job.name, "skipped", 0.0, "", "", f"{left:.0f} s of budget left"))
         else:
-            print(f"campaign: {job.name} (up to {min(left, job.max_s or left):.0f} s)", file=sys.stderr, flush=True)
-            records.append(_run_job(job, log_dir, min(left, job.max_s or left)))
+            print(f"campaign: {job.name} (up to {left:.0f} s)", file=sys.stderr, flush=True)
+            records.append(_run_job(job, log_dir, left))
             print(f"campaign: {job.name}: {records[-1].status} in {records[-1].wall_s:.0f} s",
                   file=sys.stderr, flush=True)  # fmt: skip
         write_summary(out, records, header or {})
@@ -308,17 +310,10 @@ def export_models(out: Path, dst: Path, methods: Sequence[str], machine: str) ->
     return done
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def run_campaign_cli(args: Any) -> int:
     """Handler of ``padellm-ner bench campaign``."""
     from padellm_ner.bench.report import machine_info
+    from padellm_ner.engine.core import pick_device
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.budget_minutes <= 0:
@@ -332,7 +327,7 @@ def run_campaign_cli(args: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(out, recipe, methods, args.device, args.eval_limit, args.latency_limit,
                      args.dtype, budget_s=args.budget_minutes * 60)
-    info = machine_info(_resolve_device(args.device))
+    info = machine_info(pick_device(args.device))
     header = {
         "methods": methods,
         "machine": f"{info.gpu or 'no GPU'}; {info.cpu}, {info.num_cores} cores; "

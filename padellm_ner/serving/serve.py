@@ -36,9 +36,6 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--repository {repo} is not empty and not a padellm-ner repository")
     server = None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    count_hedge = getattr(args, "count_hedge", None)
-    if count_hedge is not None and not 0.0 <= count_hedge <= 1.0:
-        raise InvalidInputError(f"--count-hedge is {count_hedge}; it must be between 0 and 1")
     try:
         assemble_repository(
             repo,

@@ -39,6 +39,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: the machine of a model card unless told otherwise (where the CPU stages ran)
+CPU_MACHINE = "2-core CPU (AMD EPYC, AVX2), no GPU"
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -485,7 +488,7 @@ def model_card(
     meta: dict[str, Any],
     command: str | Sequence[str],
     test_report: str | None = None,
-    machine: str = "2-core CPU (AMD EPYC, AVX2), no GPU",
+    machine: str = CPU_MACHINE,
     curve: str | None = None,
 ) -> str:
     """A MODEL_CARD.md for a trained folder, from its ``padellm.json`` (train + eval filled in).
@@ -595,7 +598,7 @@ def _export_main(argv: list[str]) -> int:
         help="the training command, for the model card (repeat: one per warm-start stage)",
     )
     p.add_argument("--test-report", help="a file holding the test evaluation output")
-    p.add_argument("--machine", default="2-core CPU (AMD EPYC, AVX2), no GPU",
+    p.add_argument("--machine", default=CPU_MACHINE,
                    help="where it was trained, for the model card")
     args = p.parse_args(argv)
     from padellm_ner.train.curve import plot_training_curve
