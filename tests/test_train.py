@@ -24,6 +24,7 @@ from padellm_ner.train.trainer import (  # noqa: E402
     TrainConfig,
     Trainer,
     TrainResult,
+    fit_total_steps,
     latest_checkpoint,
     lr_factor,
 )
@@ -290,6 +291,39 @@ def test_stop_at_step_keeps_the_planned_schedule(
     }
     assert lr["cut"][-1] == pytest.approx(lr["full"][2]) and lr["cut"][-1] > lr["short"][-1]
     assert latest_checkpoint(tmp_path / "cut").name == "step-3"
+
+
+def test_fit_total_steps_only_shortens() -> None:
+    assert fit_total_steps(10, 100, 1.0, 1000.0) == 100  # the plan fits: unchanged
+    assert fit_total_steps(10, 100, 1.0, 40.0) == 10 + 38  # 95% of the 40 s left
+    assert fit_total_steps(10, 100, 1.0, 0.0) == 11  # out of time: one last step
+    assert fit_total_steps(10, 100, 0.0, 5.0) == 100  # no timing yet
+
+
+def test_fit_schedule_decays_the_lr_inside_the_time_limit(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    """2,000 planned steps cannot run in 3 s: the fitted run ends on its own shortened
+    schedule with the LR near 0, where a plain --max-minutes cut stops near the peak LR;
+    a resume keeps the fitted schedule instead of re-planning 2,000 steps."""
+    units = _units(examples, codec)
+    cfg = dict(
+        max_steps=2000, epochs=10_000, max_minutes=0.05, warmup=0.0, log_every=1, save_every=1000,
+        lr=1e-3,
+    )
+    fitted = Trainer(_config(tmp_path / "fit", tiny_base, fit_schedule=True, **cfg)).train(units)
+    cut = Trainer(_config(tmp_path / "cut", tiny_base, **cfg)).train(units)
+    assert fitted.planned_steps == 2000 and fitted.total_steps < 2000
+    assert cut.planned_steps == cut.total_steps == 2000 and cut.steps < 2000
+    last_lr = {
+        name: json.loads((tmp_path / name / "train_log.jsonl").read_text().splitlines()[-1])["lr"]
+        for name in ("fit", "cut")
+    }
+    assert last_lr["fit"] < 0.05 * 1e-3 < 0.9 * 1e-3 < last_lr["cut"]
+    again = Trainer(
+        _config(tmp_path / "fit", tiny_base, fit_schedule=True, resume=True, **cfg)
+    ).train(units)
+    assert (again.steps, again.total_steps) == (fitted.steps, fitted.total_steps)
 
 
 def test_full_fine_tune_saves_a_model(

@@ -5,7 +5,8 @@ so the baselines share PaDeLLM's recipe. The saved folder holds ``padellm.json``
 format, prompt label words, tags, language, datasets and base, which serving reads.
 
 ``python -m padellm_ner.train.cli`` accepts the same options plus a few extra ones
-(``--zero-count-keep``, ``--micro-tokens``, ``--max-len``, ``--max-minutes``, ``--stop-at-step``, ``--log-every``).
+(``--zero-count-keep``, ``--micro-tokens``, ``--max-len``, ``--max-minutes``, ``--stop-at-step``,
+``--fit-schedule``, ``--log-every``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
         "--stop-at-step", type=int, default=None,
         help="stop and save after this step, keeping the planned LR schedule "
         "(reproduces a run --max-minutes cut short; --max-steps shortens the schedule)",
+    )
+    p.add_argument(
+        "--fit-schedule", action="store_true",
+        help="with --max-minutes: shorten the LR schedule, from the measured step time, so "
+        "it decays to 0 inside the limit instead of being cut mid-schedule",
     )
     p.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
     p.add_argument("--keep-checkpoints", type=int, default=2)
@@ -282,6 +288,7 @@ def run_train(args: argparse.Namespace) -> int:
         log_every=int(getattr(args, "log_every", 10)),
         max_minutes=getattr(args, "max_minutes", None),
         stop_at_step=getattr(args, "stop_at_step", None),
+        fit_schedule=bool(getattr(args, "fit_schedule", False)),
         keep_checkpoints=int(getattr(args, "keep_checkpoints", 2)),
         row_tokens=int(getattr(args, "row_tokens", 256)) or None,
         progress=True,
@@ -337,6 +344,7 @@ def run_train(args: argparse.Namespace) -> int:
     meta["train"].update(
         steps=result.steps,
         total_steps=result.total_steps,
+        planned_steps=result.planned_steps,
         epochs_done=result.epochs_done,
         final_loss=round(result.final_loss, 5),
         tokens_per_s=round(result.tokens_per_s, 1),
@@ -357,8 +365,12 @@ def run_train(args: argparse.Namespace) -> int:
         (out / META_FILE).write_text(
             json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
+    fitted = (
+        f" (schedule fitted to --max-minutes from {result.planned_steps})"
+        if result.planned_steps > result.total_steps else ""
+    )
     print(
-        f"train: done, {result.steps}/{result.total_steps} steps, loss {result.first_loss:.4f} -> "
+        f"train: done, {result.steps}/{result.total_steps} steps{fitted}, loss {result.first_loss:.4f} -> "
         f"{result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s ({result.raw_tokens_per_s:.0f} unpacked), "
         f"{time.perf_counter() - t_start:.0f}s; saved to {out}"
         + (f"; eval {json.dumps(evals)}" if evals else ""),
@@ -464,6 +476,14 @@ def _stages(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return [*earlier, meta]
 
 
+def _fitted_note(train: dict[str, Any]) -> str:
+    """How a ``--fit-schedule`` run's schedule differs from the one its epochs planned."""
+    planned, total = int(train.get("planned_steps") or 0), int(train.get("total_steps") or 0)
+    if planned <= total:
+        return ""
+    return f"; --fit-schedule shortened the {planned} planned steps to fit --max-minutes"
+
+
 def _coverage(stages: Sequence[dict[str, Any]]) -> tuple[int, float]:
     """Distinct train sentences the stages covered, and sentence passes in all (repeats count)."""
     spans: list[tuple[int, int]] = []
@@ -545,7 +565,9 @@ def model_card(
             f"({tr.get('packed_tokens')} computed after packing).",
             f"- lr {tr.get('lr')}, warmup {tr.get('warmup')}, {tr.get('batch_tokens')} padded tokens "
             f"per step, {tr.get('steps')}/{tr.get('total_steps')} steps "
-            f"({float(tr.get('epochs_done') or 0):.2f} epoch), seed {tr.get('seed')}.",
+            f"({float(tr.get('epochs_done') or 0):.2f} epoch)"
+            + _fitted_note(tr)
+            + f", seed {tr.get('seed')}.",
             f"- Wall time {float(tr.get('train_wall_s') or 0) / 60:.1f} min on {tr.get('device', '?')}"
             + (f" with {tr['threads']} torch thread(s)" if tr.get("threads") else "")
             + f"; {tr.get('tokens_per_s')} "

@@ -77,6 +77,9 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (checkpoint + final save) after this wall time
     # stop after this step, schedule unchanged: reproduces a run that --max-minutes cut short
     stop_at_step: int | None = None
+    # with max_minutes: shorten the schedule from the measured step time so the LR decays to
+    # 0 inside the limit (a cut mid-schedule leaves the weights of a high learning rate)
+    fit_schedule: bool = False
     progress: bool = True
 
 
@@ -96,6 +99,7 @@ class TrainResult:
     num_sequences: int
     num_tokens_seen: int  # unpacked sequence tokens, all runs
     losses: list[float] = field(default_factory=list)  # one per step, all runs
+    planned_steps: int = 0  # the schedule before ``fit_schedule`` shortened it (else total_steps)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -104,6 +108,23 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
         return (step + 1) / max(1, warmup_steps)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+#: steps timed, after the first of a run (warm-up), before a schedule is fitted to the time
+FIT_PROBE_STEPS = 5
+#: share of the time left that a fitted schedule plans to use (the rest absorbs jitter)
+FIT_MARGIN = 0.95
+
+
+def fit_total_steps(step: int, total: int, s_per_step: float, left_s: float) -> int:
+    """``total``, or fewer steps when the rest at ``s_per_step`` would outlast ``left_s``.
+
+    Never below ``step + 1``: the step after this one is the last, at a learning rate of 0.
+    """
+    if s_per_step <= 0:
+        return total
+    fits = step + int(FIT_MARGIN * max(0.0, left_s) / s_per_step)
+    return max(step + 1, min(total, fits))
 
 
 def latest_checkpoint(out: str | Path) -> Path | None:
@@ -304,7 +325,7 @@ class Trainer:
             return plans[epoch]
 
         steps_per_epoch = len(plan(0))
-        total = num_steps(cfg.epochs, steps_per_epoch, cfg.max_steps)
+        total = planned = num_steps(cfg.epochs, steps_per_epoch, cfg.max_steps)
         warmup_steps = int(round(cfg.warmup * total))
         params = self.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -328,7 +349,10 @@ class Trainer:
             torch.set_rng_state(state["rng_torch"])
             if state.get("rng_cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng_cuda"])
-            if state.get("total_steps") != total:
+            warmup_steps = int(state.get("warmup_steps", warmup_steps))
+            if cfg.fit_schedule and 0 < int(state.get("total_steps") or 0) < total:
+                total = int(state["total_steps"])  # the schedule fitted before the cut
+            elif state.get("total_steps") != total:
                 logger.warning(
                     "resuming with %s total steps (checkpoint had %s)",
                     total,
@@ -355,6 +379,7 @@ class Trainer:
                 "epoch": epoch,
                 "pos": pos,
                 "total_steps": total,
+                "warmup_steps": warmup_steps,
                 "losses": losses,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -372,6 +397,7 @@ class Trainer:
         raw_tokens_this_run = 0
         saved_at = step
         skipped = 0
+        probe: tuple[int, float] | None = None  # (steps done, time) after this run's first step
         bar = tqdm(
             total=total,
             initial=step,
@@ -403,6 +429,27 @@ class Trainer:
                 # NOTE: one NaN step would poison the weights for good; drop it, say so.
                 skipped += 1
                 logger.warning("step %d: gradient norm %s; optimizer step skipped", step, grad_norm)
+            if cfg.fit_schedule and cfg.max_minutes is not None:
+                now, done = time.perf_counter(), step + 1
+                if probe is None:
+                    probe = (done, now)
+                elif done - probe[0] >= FIT_PROBE_STEPS:
+                    s_per_step = (now - probe[1]) / (done - probe[0])
+                    left_s = cfg.max_minutes * 60 - (now - t0)
+                    fitted = fit_total_steps(done, total, s_per_step, left_s)
+                    if fitted < total:
+                        if total == planned:
+                            msg = (
+                                f"fit schedule: {planned} steps at {s_per_step:.2f} s/step "
+                                f"outlast --max-minutes {cfg.max_minutes:g}; the LR now decays "
+                                f"to 0 by step {fitted} ({fitted / steps_per_epoch:.2f} epochs)"
+                            )
+                            logger.warning(msg)
+                            bar.write(msg, file=sys.stderr)
+                        total = fitted  # NOTE: the scheduler's lambda reads it
+                        if done < warmup_steps:
+                            warmup_steps = max(done, int(round(cfg.warmup * total)))
+                        bar.total = total
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step, pos = step + 1, pos + 1
@@ -421,6 +468,7 @@ class Trainer:
                     "epoch": round(epoch + pos / max(1, len(plan(epoch))), 4),
                     "loss": round(sum(recent) / len(recent), 5),
                     "lr": scheduler.get_last_lr()[0],
+                    "total_steps": total,
                     "grad_norm": round(float(grad_norm), 4),
                     "skipped_steps": skipped,
                     "tokens_per_s": round(tok_s, 1),
@@ -460,6 +508,7 @@ class Trainer:
             num_sequences=sum(u.num_sequences for u in units),
             num_tokens_seen=num_tokens_seen,
             losses=losses,
+            planned_steps=planned,
         )
         summary = {k: v for k, v in asdict(result).items() if k != "losses"}
         (self.out / "train_result.json").write_text(json.dumps(summary, indent=2) + "\n")
