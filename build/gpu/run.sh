@@ -2,11 +2,12 @@
 # On the GPU box, in the repository root (what build/gpu/prepare.sh staged travels as .gpu/):
 #   bash build/gpu/run.sh stash              call 1: keep part 1 of the base wheel in $STASH
 #   bash build/gpu/run.sh campaign [ARGS]    call 2 (machine still warm): join, install into
-#       /tmp/site, unpack the datasets, run `padellm-ner bench campaign` into $STASH, then
+#       $SITE (/tmp/site), unpack the datasets, run `padellm-ner bench campaign` into $STASH, then
 #       pack the exported models (one tarball each) and the reports into $OUT (or $STASH/out). ARGS go to the campaign; run it
 #       again in a later call to continue what the budget cut.
 set -euo pipefail
 STASH="${STASH:-/tmp/padellm-gpu}"
+SITE="${SITE:-/tmp/site}"  # where the carried wheels are installed (build/gpu/simulate.sh moves it)
 OUT="${OUT:-$STASH/out}"
 mkdir -p "$STASH" "$OUT"
 case "${1:-}" in
@@ -24,10 +25,10 @@ if [ ! -f "$wheel" ]; then
   echo "$(cat .gpu/b/wheel_sha256)  $wheel" | sha256sum -c -
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site "$wheel" .gpu/b/wheels/*.whl
+  --target "$SITE" "$wheel" .gpu/b/wheels/*.whl
 mkdir -p "$STASH/datasets"
 [ -d "$STASH/datasets/conll2003" ] || tar -C "$STASH/datasets" -xJf .gpu/b/datasets.tar.xz
-export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1
+export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1
 export PADELLM_DATASETS="$STASH/datasets" PADELLM_CACHE="$STASH/cache"
 export PADELLM_COMMIT="$(cat .gpu/b/commit)"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
