@@ -81,5 +81,24 @@ def test_plan_puts_the_default_model_first_and_checks_methods(tmp_path: Path) ->
     ]  # fmt: skip
     assert "--limit" not in jobs[1].argv  # the full test set unless told otherwise
     capped = plan_jobs(tmp_path, Recipe(), ["padellm"], "cuda", 50, 100, budget_s=600)
-    assert capped[0].argv[-2:] == ["--max-minutes", "2.50"]  # a quarter of the budget
+    # a quarter of the budget, the LR schedule fitted to it
+    assert capped[0].argv[-3:] == ["--max-minutes", "2.50", "--fit-schedule"]
     assert main(["bench", "campaign", "--out", str(tmp_path / "x"), "--methods", "bert"]) == 2
+
+
+def test_baselines_train_as_many_epochs_as_padellm_reached(tmp_path: Path) -> None:
+    """A budget that cut PaDeLLM at 1.5 of 4 epochs caps the baselines' --epochs at 1.5."""
+    jobs = {j.name: j for j in plan_jobs(tmp_path, Recipe(), ["padellm", "ar_struct"], "cuda", None, 5)}
+    padellm, ar_struct = jobs["train padellm"], jobs["train ar_struct"]
+    assert padellm.epochs_from is None and ar_struct.epochs_from == padellm.output
+
+    def epochs(argv: list[str]) -> str:
+        return argv[argv.index("--epochs") + 1]
+
+    assert ar_struct.resolved_argv() == (ar_struct.argv, "")  # PaDeLLM not trained yet
+    padellm.output.mkdir(parents=True)
+    (padellm.output / "train_result.json").write_text(json.dumps({"epochs_done": 1.5}))
+    argv, note = ar_struct.resolved_argv()
+    assert (epochs(ar_struct.argv), epochs(argv)) == ("4", "1.5") and "padellm" in note
+    (padellm.output / "train_result.json").write_text(json.dumps({"epochs_done": 4.0}))
+    assert ar_struct.resolved_argv() == (ar_struct.argv, "")  # the full recipe: unchanged

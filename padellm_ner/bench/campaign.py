@@ -35,8 +35,10 @@ METHOD_NAMES = {
     "ar_aug": "AutoReg_Aug",
     "onestep": "OneStep",
 }
-#: share of the budget each training run may take (the rest: loading, scoring, timing)
-TRAIN_SHARE = {"padellm": 0.25, "ar_struct": 0.15, "ar_aug": 0.15, "onestep": 0.1}
+#: share of the budget each training run may take (the rest: loading, scoring, timing);
+#: AutoReg_Struct as much as PaDeLLM (its epoch costs about as many computed tokens), so
+#: that the accuracy comparison trains both for the same epochs
+TRAIN_SHARE = {"padellm": 0.25, "ar_struct": 0.25, "ar_aug": 0.08, "onestep": 0.07}
 _DONE = "campaign.done"  # marker a finished job leaves in its output folder
 
 
@@ -80,12 +82,28 @@ class Job:
         argv: arguments after ``padellm-ner``.
         output: the folder (train, bench) or file (evaluate: its stdout) the job makes.
         needs: folders that must exist first (a method's trained model).
+        epochs_from: a trained model whose ``epochs_done`` caps this job's ``--epochs``:
+            the baselines train as far as PaDeLLM got, so "one recipe" stays true when
+            the budget cut PaDeLLM's schedule short.
     """
 
     name: str
     argv: list[str]
     output: Path
     needs: list[Path] = field(default_factory=list)
+    epochs_from: Path | None = None
+
+    def resolved_argv(self) -> tuple[list[str], str]:
+        """``argv`` with ``--epochs`` capped by ``epochs_from``; and a note saying so."""
+        if self.epochs_from is None or "--epochs" not in self.argv:
+            return list(self.argv), ""
+        done = (_read_json(self.epochs_from / "train_result.json") or {}).get("epochs_done")
+        at = self.argv.index("--epochs") + 1
+        if not done or float(done) >= float(self.argv[at]):
+            return list(self.argv), ""
+        argv = list(self.argv)
+        argv[at] = f"{float(done):g}"
+        return argv, f"--epochs {argv[at]}: as far as {self.epochs_from.name} got"
 
     @property
     def writes_stdout(self) -> bool:
@@ -129,8 +147,9 @@ def plan_jobs(
     the full test set last (the latency run already gives their F1 on its sentences).
 
     With ``budget_s``, each training run gets ``--max-minutes`` of a share of it
-    (``TRAIN_SHARE``): the trainer then stops and saves its model in time (its schedule
-    cut short, which ``epochs_done`` shows), rather than be killed with nothing saved.
+    (``TRAIN_SHARE``) and ``--fit-schedule``: when the planned epochs would not fit, the
+    trainer shortens its LR schedule from the measured step time, so the model it saves in
+    time has a fully decayed learning rate (``epochs_done`` shows how far it got).
     """
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown or not methods:
@@ -140,12 +159,16 @@ def plan_jobs(
     limit = ["--limit", str(eval_limit)] if eval_limit else []
 
     def train(method: str) -> Job:
-        cap = ["--max-minutes", f"{TRAIN_SHARE[method] * budget_s / 60:.2f}"] if budget_s else []
+        cap = []
+        if budget_s:
+            minutes = f"{TRAIN_SHARE[method] * budget_s / 60:.2f}"
+            cap = ["--max-minutes", minutes, "--fit-schedule"]
         return Job(
             f"train {method}",
             ["train", "--format", method, *recipe.train_args(), "--out", str(model_dir[method]),
              *device_args, *cap],
             model_dir[method],
+            epochs_from=model_dir["padellm"] if method != "padellm" and "padellm" in methods else None,
         )  # fmt: skip
 
     def evaluate(method: str) -> Job:
@@ -178,9 +201,10 @@ def plan_jobs(
 
 
 def _run_job(job: Job, log_dir: Path, timeout_s: float) -> JobRecord:
-    command = [sys.executable, "-m", "padellm_ner.cli", *job.argv]
+    argv, note = job.resolved_argv()
+    command = [sys.executable, "-m", "padellm_ner.cli", *argv]
     log = log_dir / (job.name.replace(" ", "_") + ".log")
-    shown = "padellm-ner " + shlex.join(job.argv)
+    shown = "padellm-ner " + shlex.join(argv)
     start = time.perf_counter()
     job.output.parent.mkdir(parents=True, exist_ok=True)
     partial = job.output.with_suffix(".json.partial") if job.writes_stdout else None
@@ -191,19 +215,20 @@ def _run_job(job: Job, log_dir: Path, timeout_s: float) -> JobRecord:
             proc = subprocess.run(command, stdout=stdout, stderr=err, timeout=timeout_s, env=env, check=False)
         except subprocess.TimeoutExpired:
             return JobRecord(job.name, "timeout", time.perf_counter() - start, shown, str(log),
-                             f"stopped after {timeout_s:.0f} s")  # fmt: skip
+                             "; ".join(filter(None, [f"stopped after {timeout_s:.0f} s", note])))  # fmt: skip
         finally:
             if partial:
                 stdout.close()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
-        return JobRecord(job.name, "failed", wall, shown, str(log), f"exit {proc.returncode}: {tail[0][:300]}")
+        detail = f"exit {proc.returncode}: {tail[0][:300]}"
+        return JobRecord(job.name, "failed", wall, shown, str(log), "; ".join(filter(None, [detail, note])))
     if partial:
         partial.replace(job.output)  # NOTE: only a finished report counts as done
     else:
         (job.output / _DONE).write_text(shown + "\n")
-    return JobRecord(job.name, "ok", wall, shown, str(log))
+    return JobRecord(job.name, "ok", wall, shown, str(log), note)
 
 
 def run_campaign(
