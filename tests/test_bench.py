@@ -76,6 +76,7 @@ def test_bench_latency_end_to_end(tiny_model: Path, tmp_path: Path, capsys) -> N
     ]
     batch = rows[2]
     assert batch[3] == "1.00x" and batch[9] == "1.00x" and batch[10] == "1.00"
+    assert float(batch[11]) >= 2 and batch[12] == "1.00x"  # a prefill and a decode at least
     for row in rows[2:]:
         assert float(row[1]) > 0 and float(row[2]) > 0  # mean, median ms
         assert 0 <= float(row[4]) <= 100 and 0 <= float(row[5]) <= 100  # F1, span F1
@@ -99,6 +100,41 @@ def test_bench_latency_end_to_end(tiny_model: Path, tmp_path: Path, capsys) -> N
     assert run["ms"] > 0 and run["num_sequences"] >= 4 and run["num_forwards"] >= 1
     assert [s["key"] for s in raw["summary"]][0] == "padellm"
     assert "PaDeLLM (Batch)" in capsys.readouterr().out
+
+
+def test_timed_runs_start_with_a_cold_prefix_cache(tiny_model: Path) -> None:
+    """The same sentence twice: the second Batch run must not reuse the prefix KV the
+    first left in the shared engine (it would skip the prefix forward and look faster)."""
+    extractors = latency.load_extractors({"padellm": str(tiny_model)}, device="cpu", dtype="float32")
+    text = "Peter Blackburn of the European Commission spoke in Brussels on Thursday ."
+    examples = [Example(text, []), Example(text, [])]
+    result = latency.run_latency(extractors, examples, ["PER", "ORG"], "en", num_warmup=1)
+    core = extractors["padellm"].llm.core
+    # NOTE: the random model counts 0 for every label (no mention phase), so any hit
+    # would be a run reusing the prefix of the warm-up or of the run before it
+    assert core.stats.num_prompt_tokens_shared > 0 and core.stats.num_prefix_cache_hits == 0
+    batch = [run.num_forwards for run in result.runs["padellm"]]
+    multi = [run.num_forwards for run in result.runs["padellm_multi"]]
+    assert batch[0] == batch[1] and multi[0] == multi[1]
+    assert batch[0] >= 2 and multi[0] >= 1
+
+
+def test_critical_path_forwards() -> None:
+    counter = iter(range(0, 100, 3))  # every generate call costs 3 forwards
+    serial = latency.TimingLLM(_SleepLLM(), serial=True, count_forwards=lambda: next(counter))
+    a, b = GenerationRequest((1, 2, 3), 4), GenerationRequest((1, 2, 4), 4)
+    serial.generate([a, b])
+    serial.generate([GenerationRequest((1, 2, 3, 9), 8)])
+    # NOTE: each call reads the counter twice (before, after): 3 forwards per request
+    assert serial.critical_path_forwards() == 3 + 3  # label a: its count, then its mention
+    batch = latency.TimingLLM(_SleepLLM(), count_forwards=lambda: next(counter))
+    batch.generate([a, b])
+    batch.generate([a])
+    assert batch.critical_path_forwards() == 6
+    assert latency.TimingLLM(_SleepLLM()).critical_path_forwards() == 0  # no calls yet
+    uncounted = latency.TimingLLM(_SleepLLM())
+    uncounted.generate([a])
+    assert uncounted.critical_path_forwards() is None
 
 
 class _SleepLLM:

@@ -4,6 +4,8 @@ Protocol (METHOD.md): batch size 1 per sentence, wall clock around generation on
 (tokenization excluded, device synchronised), averaged over the test sentences. Every
 model is loaded once; for each sentence every method runs in turn (interleaved, the
 starting method rotating per sentence) so machine drift and order effects hit all alike.
+Each timed run starts with the engine's prefix cache empty: PaDeLLM's two modes share one
+engine, and a run must not find the sentence prefix that the other mode left behind.
 
 - PaDeLLM (Batch): the normal ``Extractor`` - all counts in one batch, then all mentions
   in one batch; latency = time inside the two ``generate`` calls.
@@ -94,44 +96,73 @@ class TimingLLM:
             the PaDeLLM_Multi emulation. Otherwise the batch goes through as one call.
 
     ``calls`` holds, per ``generate`` call, one ``(request, seconds)`` per request when
-    ``serial``; else one ``(None, seconds)`` for the whole batch.
+    ``serial``; else one ``(None, seconds)`` for the whole batch. ``forwards`` has the
+    same shape: the engine forwards each took, read from ``count_forwards`` (None
+    where the LLM does not count them).
     """
 
-    def __init__(self, inner: LLM, serial: bool = False) -> None:
+    def __init__(
+        self,
+        inner: LLM,
+        serial: bool = False,
+        count_forwards: Callable[[], int | None] | None = None,
+    ) -> None:
         self.inner = inner
         self.serial = serial
+        self.count_forwards = count_forwards or (lambda: None)
         self.calls: list[list[tuple[GenerationRequest | None, float]]] = []
+        self.forwards: list[list[tuple[GenerationRequest | None, int | None]]] = []
 
     def reset(self) -> None:
         self.calls = []
+        self.forwards = []
 
     @property
     def total_seconds(self) -> float:
         return sum(seconds for call in self.calls for _req, seconds in call)
 
-    def _timed(self, requests: Sequence[GenerationRequest]) -> tuple[list[GenerationResult], float]:
+    def _timed(
+        self, requests: Sequence[GenerationRequest]
+    ) -> tuple[list[GenerationResult], float, int | None]:
+        before = self.count_forwards()
         _sync()
         start = time.perf_counter()
         results = self.inner.generate(requests)
         _sync()
-        return results, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        after = self.count_forwards()
+        forwards = None if before is None or after is None else after - before
+        return results, seconds, forwards
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not self.serial:
-            results, seconds = self._timed(requests)
+            results, seconds, forwards = self._timed(requests)
             self.calls.append([(None, seconds)])
+            self.forwards.append([(None, forwards)])
             return results
-        results, timings = [], []
+        results, timings, forwards = [], [], []
         for request in requests:
-            (result,), seconds = self._timed([request])
+            (result,), seconds, num = self._timed([request])
             results.append(result)
             timings.append((request, seconds))
+            forwards.append((request, num))
         self.calls.append(timings)
+        self.forwards.append(forwards)
         return results
+
+    def critical_path_forwards(self) -> int | None:
+        """Forwards on the critical path: all of them (one batch), or the slowest branch's."""
+        if any(num is None for call in self.forwards for _req, num in call):
+            return None
+        if not self.serial:
+            return sum(num for call in self.forwards for _req, num in call)
+        return int(multi_latency(self.forwards))
 
 
 def multi_latency(calls: Sequence[Sequence[tuple[GenerationRequest | None, float]]]) -> float:
     """PaDeLLM_Multi latency from serially timed plan calls: the slowest branch.
+
+    Any per-request cost composes the same way (``TimingLLM.forwards``: forward passes).
 
     ``calls[0]`` are the count requests (one per label); ``calls[1]``, when present, the
     mention requests. A mention belongs to the label whose count prompt starts its prompt
@@ -170,7 +201,8 @@ class SentenceRun:
     num_generated_tokens: int | None = None
     num_sequences: int | None = None
     critical_path_steps: int | None = None
-    num_forwards: int | None = None  # engine forwards (prefill + decode) for this sentence
+    # engine forwards (prefill + decode) on the critical path: Multi, the slowest branch's
+    num_forwards: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k != "entities"}
@@ -199,8 +231,10 @@ class MethodSummary:
     tokens_per_sequence: float | None
     sequences_per_sentence: float | None
     critical_path_steps: float | None
+    forwards: float | None = None  # critical-path forward passes (prefill included), mean
     vs_batch: float | None = None  # mean / PaDeLLM (Batch) mean
     step_bound: float | None = None  # steps / PaDeLLM (Batch) steps
+    forward_bound: float | None = None  # forwards / PaDeLLM (Batch) forwards
     achieved_of_bound: float | None = None  # vs_batch / step_bound
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,8 +291,14 @@ def _forwards(llm: Any) -> int | None:
     return core.stats.num_forwards if core is not None else None
 
 
+def _reset_prefix_cache(llm: Any) -> None:
+    core = getattr(llm, "core", None)
+    if core is not None:
+        core.reset_prefix_cache()
+
+
 def _timed_extractor(ex: Extractor, serial: bool) -> tuple[Extractor, TimingLLM]:
-    proxy = TimingLLM(ex.llm, serial=serial)
+    proxy = TimingLLM(ex.llm, serial=serial, count_forwards=lambda: _forwards(ex.llm))
     timed = Extractor(
         proxy,
         ex.codec,
@@ -319,10 +359,9 @@ def _job(
     timed, proxy = _timed_extractor(ex, serial)
 
     def run(text: str) -> SentenceRun:
+        _reset_prefix_cache(ex.llm)
         proxy.reset()
-        forwards = _forwards(ex.llm)
         out = timed.extract(text, labels=labels, lang=lang)
-        after = _forwards(ex.llm)
         seconds = multi_latency(proxy.calls) if serial else proxy.total_seconds
         if ex.method == PADELLM_BATCH:
             steps = out.critical_path_steps if serial else out.critical_path_steps_batch
@@ -334,7 +373,7 @@ def _job(
             num_generated_tokens=out.num_generated_tokens,
             num_sequences=out.num_sequences,
             critical_path_steps=steps,
-            num_forwards=None if forwards is None or after is None else after - forwards,
+            num_forwards=proxy.critical_path_forwards(),
         )
 
     return run
@@ -376,6 +415,7 @@ def summarize(result: LatencyResult) -> list[MethodSummary]:
                 tokens_per_sequence=sum(tokens) / sum(seqs) if seqs and sum(seqs) else None,
                 sequences_per_sentence=_mean(seqs),
                 critical_path_steps=_mean([r.critical_path_steps for r in runs]),
+                forwards=_mean([r.num_forwards for r in runs]),
             )
         )
     ref = next((row for row in rows if row.key == PADELLM_BATCH), None)
@@ -386,6 +426,8 @@ def summarize(result: LatencyResult) -> list[MethodSummary]:
             row.vs_batch = row.mean_ms / ref.mean_ms
         if row.critical_path_steps is not None and ref.critical_path_steps:
             row.step_bound = row.critical_path_steps / ref.critical_path_steps
+        if row.forwards is not None and ref.forwards:
+            row.forward_bound = row.forwards / ref.forwards
         if row.vs_batch is not None and row.step_bound:
             row.achieved_of_bound = row.vs_batch / row.step_bound
     return rows
@@ -403,6 +445,8 @@ COLUMNS = [
     "critical-path steps",
     "step bound",
     "achieved / bound",
+    "forwards",
+    "forward bound",
 ]
 
 
@@ -429,6 +473,8 @@ def latency_table(rows: Sequence[MethodSummary], num_sentences: int) -> report.T
                 _fmt(row.critical_path_steps),
                 _fmt(row.step_bound, suffix="x"),
                 _fmt(row.achieved_of_bound),
+                _fmt(row.forwards),
+                _fmt(row.forward_bound, suffix="x"),
             ]
         )
     by_key = {row.key: row for row in rows}
@@ -442,7 +488,9 @@ def latency_table(rows: Sequence[MethodSummary], num_sentences: int) -> report.T
     table.notes.append(
         "x PaDeLLM (Batch) = mean / PaDeLLM (Batch) mean (a baseline's value is PaDeLLM's "
         "speed-up over it); step bound = critical-path steps / PaDeLLM (Batch) steps; "
-        "achieved / bound = the two divided (1.00 = the speed-up the step counts allow)."
+        "achieved / bound = the two divided (1.00 = the speed-up the step counts allow); "
+        "forwards = forward passes on the critical path, prefill ones included (Multi: the "
+        "slowest branch's), forward bound = forwards / PaDeLLM (Batch) forwards."
     )
     return table
 

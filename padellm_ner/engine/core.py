@@ -136,6 +136,14 @@ class EngineCore:
                 self._requests.pop(req.req_id, None)
         return outputs
 
+    def reset_prefix_cache(self) -> None:
+        """Drop the prefix KV kept across requests (as vLLM's ``reset_prefix_cache``).
+
+        A sentence's phases still share prefixes; a timed run no longer inherits the
+        prefix another run of the same sentence left behind.
+        """
+        self.runner.reset_prefix_cache()
+
     def request(self, req_id: str) -> Request | None:
         return self._requests.get(req_id)
 

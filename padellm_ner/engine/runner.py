@@ -94,6 +94,10 @@ class ModelRunner:
     def num_rows(self) -> int:
         return len(self._row_ids)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (benchmarks: each timed run starts cold)."""
+        self._prefixes.clear()
+
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> None:
         """Run one step: drop finished rows, decode running rows, prefill and merge new ones.
