@@ -125,13 +125,13 @@ def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> Non
     assert [r.token_ids for r in shared] == [r.token_ids for r in plain]
     for a, b in zip(shared, plain):
         assert torch.allclose(torch.tensor(a.log_probs), torch.tensor(b.log_probs), atol=1e-4)
-    # a prefix forward per sentence long enough to share 16 tokens, then one forward for
-    # every row's own tail
+    # one forward for all of it: each sentence's shared prefix is the trunk of a tree
+    # whose branches are its rows' own tails
     from padellm_ner.engine.runner import prefix_groups
 
     groups = prefix_groups([r.prompt_ids for r in reqs], 16)
     assert sum(shared > 0 for _, shared in groups) >= 2
-    assert shared_core.stats.num_prefill_forwards == 1 + sum(shared > 0 for _, shared in groups)
+    assert shared_core.stats.num_prefill_forwards == 1
     assert plain_core.stats.num_prefill_forwards == 1
     assert plain_core.stats.num_prompt_tokens_shared == 0
     assert plain_core.stats.num_prompt_tokens_computed == plain_core.stats.num_prompt_tokens
@@ -148,21 +148,28 @@ def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> Non
     assert shared_core.stats.num_prefix_cache_hits >= sum(shared > 0 for _, shared in groups)
 
 
-def test_prefill_mask_is_causal_blind_to_padding_and_never_empty() -> None:
-    """A left-padded row's pad positions see no key; a fused kernel may answer NaN there,
-    which the cache would carry into the real tokens. They are given every key instead."""
-    from padellm_ner.engine.runner import prefill_mask
+def test_tree_prefill_mask_keeps_tails_apart_and_is_never_empty() -> None:
+    """Trunk causal, a tail sees the head, the trunk and itself but never a sibling, nothing
+    sees padding; a pad query with nothing to see is given every key instead (a fused
+    kernel may answer NaN there, which the cache would carry into the real tokens)."""
+    from padellm_ner.engine.runner import tree_prefill_mask
 
-    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # row 0 padded by two
-    full = prefill_mask(mask, num_new=3)  # a 2-token cached prefix, then 3 new tokens
-    assert full.shape == (2, 1, 3, 5) and full.dtype == torch.bool
-    assert full[1, 0].tolist() == [[True, True, True, False, False],
-                                   [True, True, True, True, False],
-                                   [True, True, True, True, True]]  # fmt: skip
-    assert full[0, 0, 0].tolist() == [False, False, True, False, False]  # no pad, no future
-    dead = prefill_mask(torch.tensor([[0, 0, 1]]), num_new=3)[0, 0]
-    assert dead[0].all() and dead[1].all() and dead[2].tolist() == [False, False, True]
-    assert all(row.any() for row in prefill_mask(torch.tensor([[0, 0, 0, 1]]), 4)[0, 0])
+    # row 0: a 2-token cached head, trunk of 2, tails of 1 and 2; row 1: no head, one
+    # prompt of 3 tokens (a tail without a trunk), left-padded by 2
+    segment = torch.tensor([[0, 0, 1, 2, 2], [-1, -1, 1, 1, 1]])
+    mask = tree_prefill_mask(segment, torch.tensor([2, 0]), width_p=2)
+    assert mask.shape == (2, 1, 5, 7) and mask.dtype == torch.bool
+    t, f = True, False
+    assert mask[0, 0].tolist() == [
+        [t, t, t, f, f, f, f],  # trunk 1
+        [t, t, t, t, f, f, f],  # trunk 2
+        [t, t, t, t, t, f, f],  # tail 1
+        [t, t, t, t, f, t, f],  # tail 2, first token: not tail 1
+        [t, t, t, t, f, t, t],
+    ]
+    assert mask[1, 0, 2].tolist() == [f, f, f, f, t, f, f]  # no head, no pads
+    assert mask[1, 0, 4].tolist() == [f, f, f, f, t, t, t]
+    assert mask[1, 0, 0].all() and mask[1, 0, 1].all()  # pads: every key, never none
 
 
 def test_prefix_groups() -> None:

@@ -7,11 +7,12 @@ rows are prefilled in one forward of their own and merged in by left-padding the
 shorter of the two caches.
 
 New rows whose prompts share a long prefix (PaDeLLM: every count and mention prompt of a
-sentence starts with the instruction and the sentence) prefill that prefix once and only
-their own tails per row, like TensorRT-LLM's KV-cache block reuse within one batch. The
-tails are left-padded after the prefix, so a row may hold masked columns in the middle.
-Shared prefixes are kept (LRU) so that a later prompt extending one, grouped or alone,
-prefills only the rest: PaDeLLM's mention prompts extend the count prompts' prefix.
+sentence starts with the instruction and the sentence) prefill it once, in the same
+forward as their own tails: the prefix is the trunk of a tree whose branches are the
+tails (a tail never attends to a sibling), as the trainer packs a sentence's sequences.
+Each request then gets its own contiguous KV row. Shared prefixes are kept (LRU) so that
+a later prompt extending one, grouped or alone, prefills only the rest, like TensorRT-LLM's
+KV-cache block reuse: PaDeLLM's mention prompts extend the count prompts' prefix.
 """
 
 from __future__ import annotations
@@ -192,98 +193,153 @@ class ModelRunner:
     def _prefill(
         self, reqs: list[Request]
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prefill new rows: each shared prefix once, then every row's own tail in one forward.
+        """Prefill new rows in one forward: a shared prefix once, as the trunk of a tree.
 
-        Row r's cache is ``[pad][prefix of its group][pad][its tail]`` (pads masked), so the
-        rows of all groups, and rows sharing nothing (empty prefix), decode together.
+        Each group of prompts sharing a prefix (``prefix_groups``) is one forward row laid
+        out as the training packer lays out a sentence: ``[pad][cached head][trunk]
+        [tail 1]...[tail m]``, where a tail sees the head, the trunk and itself, never a
+        sibling. A prompt sharing nothing is a row of its own. One forward serves every
+        group, so the shared prefix costs neither a forward of its own nor a copy per row;
+        then each request's KV is gathered out whole (``[pad][its prompt]``), and a group's
+        prefix is kept in the prefix cache for prompts that extend it later.
         Returns the rows' cache, mask, next positions and first sampled tokens.
         """
-        n = len(reqs)
-        shared = [0] * n
-        prefix_kv: list[tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]] = []
-        for rows, length in prefix_groups([r.prompt_ids for r in reqs], self.min_shared_prefix):
-            if length:
-                prefix_kv.append((rows, self._prefix_kv(tuple(reqs[rows[0]].prompt_ids[:length]))))
-                for i in rows:
-                    shared[i] = length
-                self.stats.num_prompt_tokens_shared += length * len(rows)
-                continue
-            # NOTE: a prompt without a partner this step may still extend a cached prefix
-            # (PaDeLLM: a sentence's only mention request after its count requests)
-            for i in rows:
-                prompt = tuple(reqs[i].prompt_ids)
-                hit = self._cached_head(prompt, longest=len(prompt) - 1)
-                if self.min_shared_prefix > 0 and len(hit) >= self.min_shared_prefix:
-                    prefix_kv.append(([i], self._prefixes[hit]))
-                    shared[i] = len(hit)
-                    self._count_hit(hit)
-                    self.stats.num_prompt_tokens_shared += len(hit)
-        width_p = max(shared)
+        prompts = [tuple(r.prompt_ids) for r in reqs]
+        trees = self._plan_trees(prompts)
+        width_p = max(len(t.head) for t in trees)
+        width_n = max(t.num_new for t in trees)
+        num_rows = len(trees)
+        ids = torch.full((num_rows, width_n), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((num_rows, width_n), dtype=torch.long)
+        segment = torch.full((num_rows, width_n), -1, dtype=torch.long)  # -1 pad, 0 trunk
+        where: list[tuple[int, int, int]] = [(0, 0, 0)] * len(reqs)  # row, first, last column
+        for row, tree in enumerate(trees):
+            col = width_n - tree.num_new
+            trunk_at, pos = col, len(tree.head)
+            for seg, toks in enumerate((tree.trunk, *tree.tails)):
+                ids[row, col : col + len(toks)] = torch.tensor(toks, dtype=torch.long)
+                positions[row, col : col + len(toks)] = torch.arange(pos, pos + len(toks))
+                segment[row, col : col + len(toks)] = seg
+                if seg:
+                    where[tree.rows[seg - 1]] = (row, trunk_at, col + len(toks) - 1)
+                else:
+                    pos += len(toks)
+                col += len(toks)
         cache = DynamicCache()
         if width_p:
-            alone = [i for i in range(n) if not shared[i]]
-            # NOTE: rows are stacked group by group, then the alone ones; index puts them
-            # back in arrival order (the scheduler's row order)
-            stacked_rows = [i for rows, _ in prefix_kv for i in rows] + alone
-            stacked = {row: k for k, row in enumerate(stacked_rows)}
-            index = torch.tensor([stacked[i] for i in range(n)], device=self.device)
-            for layer, kvs in enumerate(zip(*(kv for _, kv in prefix_kv))):
-                keys, values = [], []
-                for (rows, _), (k, v) in zip(prefix_kv, kvs):
-                    keys.append(_pad_left(k, width_p).expand(len(rows), -1, -1, -1))
-                    values.append(_pad_left(v, width_p).expand(len(rows), -1, -1, -1))
-                if alone:
-                    keys.append(keys[0].new_zeros((len(alone), *keys[0].shape[1:])))
-                    values.append(values[0].new_zeros((len(alone), *values[0].shape[1:])))
-                # NOTE: index_select copies: rows diverge from here; arrival order kept
-                cache.update(
-                    torch.cat(keys).index_select(0, index),
-                    torch.cat(values).index_select(0, index),
-                    layer,
-                )
-        prefix_mask = torch.zeros((n, width_p), dtype=torch.long)
-        tails = [r.prompt_ids[p:] for r, p in zip(reqs, shared)]
-        width_t = max(len(t) for t in tails)
-        ids = torch.full((n, width_t), self.pad_id, dtype=torch.long)
-        tail_mask = torch.zeros((n, width_t), dtype=torch.long)
-        for row, (tail, p) in enumerate(zip(tails, shared)):
-            if p:
-                prefix_mask[row, width_p - p :] = 1
-            ids[row, width_t - len(tail) :] = torch.tensor(tail)
-            tail_mask[row, width_t - len(tail) :] = 1
-        ids, tail_mask = ids.to(self.device), tail_mask.to(self.device)
-        start = torch.tensor(shared, device=self.device)[:, None]
-        positions = start + (tail_mask.cumsum(dim=1) - 1).clamp(min=0)
-        mask = torch.cat([prefix_mask.to(self.device), tail_mask], dim=1)
-        self.stats.num_prompt_tokens_computed += sum(len(t) for t in tails)
-        first = self._sample(self._forward(ids, mask, positions, cache), reqs)
-        return cache, mask, start[:, 0] + tail_mask.sum(dim=1), first
+            self._load_heads(cache, trees, width_p)
+        past = torch.tensor([len(t.head) for t in trees])
+        mask = tree_prefill_mask(segment, past, width_p).to(self.device)
+        keep = sorted({last for _row, _first, last in where})
+        logits = self._forward(
+            ids.to(self.device), mask, positions.to(self.device), cache, keep
+        )  # [rows, len(keep) or width_n, vocab]
+        picks = [keep.index(last) if self._last_logits else last for _r, _f, last in where]
+        rows_t = torch.tensor([row for row, _f, _l in where], device=self.device)
+        first_tok = self._sample(logits[rows_t, torch.tensor(picks, device=self.device)], reqs)
+        self.stats.num_prompt_tokens_computed += sum(t.num_new for t in trees)
+        if width_p == 0 and all(len(t.tails) == 1 and not t.trunk for t in trees):
+            # NOTE: nothing shared: each row already is [pad][its prompt]; only reorder
+            order = torch.tensor([row for row, _f, _l in where], device=self.device)
+            cache.batch_select_indices(order)
+            new_cache, new_mask = cache, (segment >= 0).long().to(self.device)[order]
+        else:
+            new_cache, new_mask = self._gather_rows(cache, trees, where, width_p, prompts)
+            self._store_prefixes(cache, trees, width_p, width_n)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        return new_cache, new_mask, lengths, first_tok
 
-    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer (keys, values) of ``prefix`` (one row), reusing a cached head of it.
+    def _plan_trees(self, prompts: list[tuple[int, ...]]) -> list[_Tree]:
+        """Forward rows for ``prompts``: one per prefix group, one per prompt sharing nothing."""
+        trees: list[_Tree] = []
+        for rows, length in prefix_groups(prompts, self.min_shared_prefix):
+            if length:
+                prefix = prompts[rows[0]][:length]
+                head = self._cached_head(prefix, length)
+                if head:
+                    self._count_hit(head)
+                self.stats.num_prompt_tokens_shared += length * len(rows)
+                tails = [prompts[i][length:] for i in rows]
+                trees.append(_Tree(rows, head, prefix[len(head) :], tails, prefix))
+                continue
+            for i in rows:
+                # NOTE: a prompt without a partner this step may still extend a cached
+                # prefix (PaDeLLM: a sentence's only mention request after its counts)
+                hit = self._cached_head(prompts[i], longest=len(prompts[i]) - 1)
+                if self.min_shared_prefix <= 0 or len(hit) < self.min_shared_prefix:
+                    hit = ()
+                else:
+                    self._count_hit(hit)
+                    self.stats.num_prompt_tokens_shared += len(hit)
+                trees.append(_Tree([i], hit, (), [prompts[i][len(hit) :]], None))
+        return trees
 
-        PaDeLLM's mention prompts repeat the count prompts' instruction and sentence, so the
-        mention phase finds that prefix here instead of prefilling it again.
-        """
-        hit = self._cached_head(prefix, len(prefix))  # the whole prefix, when cached
-        if hit:
-            self._count_hit(hit)
-        if hit == prefix:
-            return self._prefixes[hit]
-        cache = DynamicCache()
-        for i, (k, v) in enumerate(self._prefixes.get(hit, ())):
-            cache.update(k, v, i)
-        rest = torch.tensor([prefix[len(hit) :]], device=self.device)
-        self.stats.num_prompt_tokens_computed += len(prefix) - len(hit)
-        mask = torch.ones((1, len(prefix)), dtype=torch.long, device=self.device)
-        positions = torch.arange(len(hit), len(prefix), device=self.device)[None]
-        self._forward(rest, mask, positions, cache)
-        # NOTE: later updates concatenate into new tensors; the stored ones stay intact.
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self._prefixes[prefix] = kv
-        while len(self._prefixes) > self.prefix_cache_size:
-            self._prefixes.popitem(last=False)
-        return kv
+    def _load_heads(self, cache: DynamicCache, trees: list[_Tree], width: int) -> None:
+        """Put each row's cached head, left-padded to ``width``, into ``cache`` as its past."""
+        kvs = [self._prefixes[t.head] if t.head else None for t in trees]
+        like = next(kv for kv in kvs if kv is not None)
+        for layer, (k0, v0) in enumerate(like):
+            keys, values = [], []
+            for kv in kvs:
+                if kv is None:
+                    keys.append(k0.new_zeros((1, k0.shape[1], width, k0.shape[3])))
+                    values.append(v0.new_zeros((1, v0.shape[1], width, v0.shape[3])))
+                else:
+                    keys.append(_pad_left(kv[layer][0], width))
+                    values.append(_pad_left(kv[layer][1], width))
+            cache.update(torch.cat(keys), torch.cat(values), layer)
+
+    def _gather_rows(
+        self,
+        cache: DynamicCache,
+        trees: list[_Tree],
+        where: list[tuple[int, int, int]],
+        width_p: int,
+        prompts: list[tuple[int, ...]],
+    ) -> tuple[DynamicCache, torch.Tensor]:
+        """Each request's KV out of its tree row: head, trunk and its own tail, left-padded."""
+        longest = max(len(p) for p in prompts)
+        rows = torch.zeros((len(prompts), longest), dtype=torch.long)
+        cols = torch.zeros((len(prompts), longest), dtype=torch.long)
+        mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+        for i, (row, trunk_at, last) in enumerate(where):
+            tree = trees[row]
+            head = torch.arange(width_p - len(tree.head), width_p)
+            trunk = width_p + torch.arange(trunk_at, trunk_at + len(tree.trunk))
+            tail = tree.tails[tree.rows.index(i)]
+            own = width_p + torch.arange(last + 1 - len(tail), last + 1)
+            index = torch.cat([head, trunk, own])
+            cols[i, longest - len(index) :] = index
+            rows[i] = row
+            mask[i, longest - len(index) :] = 1
+        rows, cols = rows.to(self.device), cols.to(self.device)
+        out = DynamicCache()
+        for layer, kv in enumerate(cache.layers):
+            # NOTE: [rows, cols] indexing puts the two index dims first: [n, len, heads, dim]
+            keys = kv.keys[rows, :, cols].transpose(1, 2).contiguous()
+            values = kv.values[rows, :, cols].transpose(1, 2).contiguous()
+            out.update(keys, values, layer)
+        return out, mask.to(self.device)
+
+    def _store_prefixes(
+        self, cache: DynamicCache, trees: list[_Tree], width_p: int, width_n: int
+    ) -> None:
+        """Keep each group's prefix KV (head + trunk) for prompts that extend it later."""
+        for row, tree in enumerate(trees):
+            if tree.prefix is None or not tree.trunk:
+                continue  # NOTE: no trunk: the whole prefix was a cache hit, kept already
+            start = width_p + width_n - tree.num_new
+            index = torch.cat([
+                torch.arange(width_p - len(tree.head), width_p),
+                torch.arange(start, start + len(tree.trunk)),
+            ]).to(self.device)  # fmt: skip
+            self._prefixes[tree.prefix] = [
+                (layer.keys[row : row + 1].index_select(2, index),
+                 layer.values[row : row + 1].index_select(2, index))
+                for layer in cache.layers
+            ]  # fmt: skip
+            while len(self._prefixes) > self.prefix_cache_size:
+                self._prefixes.popitem(last=False)
 
     def _cached_head(self, prompt: tuple[int, ...], longest: int) -> tuple[int, ...]:
         """The longest cached prefix of ``prompt`` no longer than ``longest`` (or ())."""
@@ -299,36 +355,66 @@ class ModelRunner:
         self.stats.num_prompt_tokens_cached += len(hit)
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        keep: list[int],
     ) -> torch.Tensor:
-        """One prefill forward; the last position's logits."""
+        """One prefill forward; logits at the ``keep`` columns (all where not supported)."""
+        extra = (
+            {"logits_to_keep": torch.tensor(keep, device=self.device)} if self._last_logits else {}
+        )
         out = self.model(
             input_ids=ids,
-            attention_mask=prefill_mask(mask, ids.shape[1]),
+            attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             **{self._cache_kwarg: cache},
-            **self._last_logits,
+            **extra,
         )
         self.stats.num_forwards += 1
         self.stats.num_prefill_forwards += 1
-        return out.logits[:, -1, :]
+        return out.logits
 
 
-def prefill_mask(mask: torch.Tensor, num_new: int) -> torch.Tensor:
-    """The 4-D boolean mask of a prefill of ``num_new`` tokens over ``mask`` ([n, kv]).
+@dataclass
+class _Tree:
+    """One forward row of a prefill: ``head`` (cached KV), ``trunk``, one tail per request.
 
-    Causal over the new tokens, blind to padding, and with every query row seeing at
-    least one key: a left-padded position sees none, and a fused attention kernel may
-    answer such a row with NaN (cuDNN's on Hopper in bf16 is reported to), which its
-    cached value then spreads to the real tokens of that row. Such a row attends to
-    everything instead; its output is never used.
+    ``rows`` are the requests' indices, in tail order; ``prefix`` (head + trunk) is the
+    key the trunk's KV is cached under, None for a prompt that shares nothing.
     """
-    kv = mask.shape[1]
-    past = kv - num_new
-    keys = torch.arange(kv, device=mask.device)
-    causal = keys[None, :] <= past + torch.arange(num_new, device=mask.device)[:, None]  # [q, kv]
-    full = mask.bool()[:, None, None, :] & causal[None, None]  # [n, 1, q, kv]
+
+    rows: list[int]
+    head: tuple[int, ...]
+    trunk: tuple[int, ...]
+    tails: list[tuple[int, ...]]
+    prefix: tuple[int, ...] | None
+
+    @property
+    def num_new(self) -> int:
+        return len(self.trunk) + sum(len(t) for t in self.tails)
+
+
+def tree_prefill_mask(segment: torch.Tensor, past: torch.Tensor, width_p: int) -> torch.Tensor:
+    """The 4-D boolean mask of a tree prefill ([rows, 1, new, width_p + new]).
+
+    ``segment`` ([rows, new]) tags each new column -1 (pad), 0 (trunk) or j (tail j);
+    ``past`` is each row's cached head length, right-aligned in the first ``width_p``
+    columns. A column sees its row's head, the trunk and its own tail up to itself: a
+    tail never sees a sibling, and nothing sees padding. A query that would see no key
+    at all (a pad) sees every key instead: a fused attention kernel may answer such a
+    row with NaN (cuDNN's on Hopper in bf16 is reported to), and the cache would carry
+    it on; its output is never used.
+    """
+    rows, new = segment.shape
+    head = torch.arange(width_p)[None, :] >= (width_p - past)[:, None]  # [rows, width_p]
+    seg_q, seg_k = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones((new, new), dtype=torch.bool).tril()
+    tree = causal & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))  # [rows, q, k]
+    full = torch.cat([head[:, None, :].expand(rows, new, width_p), tree], dim=-1)[:, None]
     return full | ~full.any(dim=-1, keepdim=True)
 
 
