@@ -247,7 +247,10 @@ def load_model(
     path = resolve_model_dir(name_or_path)
     base = adapter_base(path)
     base_path = resolve_model_dir(base) if base else path
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch_dtype)
+    # NOTE: the engine's prefill masks are 4-D trees, which only SDPA reads right
+    model = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype=torch_dtype, attn_implementation="sdpa"
+    )
     if base is not None:
         import warnings
 

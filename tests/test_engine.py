@@ -285,3 +285,33 @@ def test_batch_window_admits_requests_sent_apart_in_one_prefill() -> None:
     assert windowed.stats.num_prefill_forwards == 1  # both admitted by the first step
     assert tokens_windowed == tokens_at_once  # greedy tokens do not depend on batching
     assert tokens_at_once["a"] and tokens_at_once["b"]
+
+
+def test_the_engine_refuses_attention_that_misreads_its_tree_masks() -> None:
+    """Eager attention adds a boolean mask as 0/1 (every pad and sibling visible), flash
+    attention cannot express a tree: both would decode silently wrong."""
+    import pytest
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    config._attn_implementation = "eager"
+    with pytest.raises(ValueError, match="sdpa"):
+        EngineCore(LlamaForCausalLM(config))
+    config._attn_implementation = "sdpa"
+    EngineCore(LlamaForCausalLM(config))
+
+
+def test_a_sliding_window_bounds_the_request_length() -> None:
+    """Full-attention prefill equals a sliding-window model only inside the window, so a
+    longer request is refused (Gemma3-270m: 512 tokens); Mistral slides, Qwen2 does not."""
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    from padellm_ner.engine.core import _usable_length
+
+    assert _usable_length(Gemma3TextConfig(sliding_window=512)) == 512
+    assert _usable_length(MistralConfig(sliding_window=4096)) == 4096
+    assert _usable_length(Qwen2Config(max_position_embeddings=32768)) == 32768
+    assert _usable_length(LlamaConfig(max_position_embeddings=2048)) == 2048

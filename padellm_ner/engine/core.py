@@ -44,6 +44,24 @@ def pick_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def _usable_length(config: Any) -> int | None:
+    """Positions a request may use: the model's, or its sliding window where one applies.
+
+    The runner's masks and cache are full attention; a model whose layers slide a window
+    (Gemma3: 512 tokens) answers the same only while a whole request fits the window,
+    so a longer one is refused with a clear error instead of decoded differently.
+    """
+    length = getattr(config, "max_position_embeddings", None)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or ()
+    slides = "sliding_attention" in layer_types or (
+        not layer_types and getattr(config, "use_sliding_window", bool(window))
+    )
+    if window and slides:
+        return min(length, window) if length else window
+    return length
+
+
 class EngineCore:
     """Greedy decoding with in-flight batching over a Hugging Face causal LM.
 
@@ -62,9 +80,7 @@ class EngineCore:
     ) -> None:
         self.runner = ModelRunner(model, pad_id=pad_id, min_shared_prefix=min_shared_prefix)
         self.scheduler = scheduler or FcfsScheduler(max_batch_size)
-        self.max_model_len = max_model_len or getattr(
-            model.config, "max_position_embeddings", None
-        )
+        self.max_model_len = max_model_len or _usable_length(model.config)
         self._requests: dict[str, Request] = {}
         self.loaded: Any = None  # the LoadedModel when built by from_pretrained
 

@@ -1,7 +1,7 @@
 """The model runner: owns the batch's KV cache and runs the forwards.
 
-Rows of the batch are left-aligned to a shared right edge: every row's newest token
-sits in the last cache column, older columns are masked per row. A row that finishes is
+Rows of the batch are left-padded to a shared right edge: every row's newest token sits
+in the last cache column, older columns are masked per row. A row that finishes is
 dropped (``index_select``) before the next forward, so finished rows cost nothing; new
 rows are prefilled in one forward of their own and merged in by left-padding the
 shorter of the two caches.
@@ -67,9 +67,14 @@ class ModelRunner:
         prefix_cache_size: int = 16,
     ) -> None:
         """Args:
-        min_shared_prefix: shortest common prompt prefix worth its own forward (0: off).
+        min_shared_prefix: shortest common prompt prefix worth sharing (0: off).
         prefix_cache_size: shared prefixes whose KV is kept for later requests (LRU).
         """
+        impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+        if impl != "sdpa":
+            # NOTE: prefill passes a 4-D boolean tree mask: eager attention would add it as
+            # 0/1, flash attention cannot express it; both decode silently wrong.
+            raise ValueError(f"the engine needs attn_implementation='sdpa' (the model has {impl!r})")
         self.model = model
         self.min_shared_prefix = min_shared_prefix
         self.prefix_cache_size = prefix_cache_size
@@ -82,9 +87,11 @@ class ModelRunner:
         # NOTE: transformers 5.2x renamed `past_key_values` to `cache`; accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        # NOTE: only the last position's logits are sampled; skipping the LM head on the
-        # rest of the prompt saves most of a prefill's FLOPs with a 49k vocabulary.
-        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # NOTE: only each prompt's last position is sampled; skipping the LM head on the
+        # rest of the prompt saves most of a prefill's FLOPs with a 49k vocabulary
+        # (``_forward`` hooks the head; logits_to_keep=0 lets its input through whole).
+        self._takes_logits_to_keep = "logits_to_keep" in params
+        self._lm_head = model.get_output_embeddings()
         self._row_ids: list[str] = []  # req_id of each batch row, in row order
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [num_rows, cache_len] 1 = real token
@@ -199,9 +206,11 @@ class ModelRunner:
         out as the training packer lays out a sentence: ``[pad][cached head][trunk]
         [tail 1]...[tail m]``, where a tail sees the head, the trunk and itself, never a
         sibling. A prompt sharing nothing is a row of its own. One forward serves every
-        group, so the shared prefix costs neither a forward of its own nor a copy per row;
-        then each request's KV is gathered out whole (``[pad][its prompt]``), and a group's
-        prefix is kept in the prefix cache for prompts that extend it later.
+        group, so the shared prefix is computed once and costs no forward of its own; then
+        each request's KV is gathered out whole (``[pad][its prompt]``, the prefix copied
+        into every row), and a group's prefix is kept in the prefix cache for prompts that
+        extend it later. A group whose prefix is all cached has nothing to compute once:
+        its rows go in side by side, each on the cached head, keeping rows narrow.
         Returns the rows' cache, mask, next positions and first sampled tokens.
         """
         prompts = [tuple(r.prompt_ids) for r in reqs]
@@ -212,7 +221,8 @@ class ModelRunner:
         ids = torch.full((num_rows, width_n), self.pad_id, dtype=torch.long)
         positions = torch.zeros((num_rows, width_n), dtype=torch.long)
         segment = torch.full((num_rows, width_n), -1, dtype=torch.long)  # -1 pad, 0 trunk
-        where: list[tuple[int, int, int]] = [(0, 0, 0)] * len(reqs)  # row, first, last column
+        # per request: its tree row, where that row's trunk starts, its tail's last column
+        where: list[tuple[int, int, int]] = [(0, 0, 0)] * len(reqs)
         for row, tree in enumerate(trees):
             col = width_n - tree.num_new
             trunk_at, pos = col, len(tree.head)
@@ -228,21 +238,23 @@ class ModelRunner:
         cache = DynamicCache()
         if width_p:
             self._load_heads(cache, trees, width_p)
-        past = torch.tensor([len(t.head) for t in trees])
-        mask = tree_prefill_mask(segment, past, width_p).to(self.device)
-        keep = sorted({last for _row, _first, last in where})
-        logits = self._forward(
-            ids.to(self.device), mask, positions.to(self.device), cache, keep
-        )  # [rows, len(keep) or width_n, vocab]
-        picks = [keep.index(last) if self._last_logits else last for _r, _f, last in where]
+        segment = segment.to(self.device)
+        past = torch.tensor([len(t.head) for t in trees], device=self.device)
+        mask = tree_prefill_mask(segment, past, width_p)
         rows_t = torch.tensor([row for row, _f, _l in where], device=self.device)
-        first_tok = self._sample(logits[rows_t, torch.tensor(picks, device=self.device)], reqs)
+        cols_t = torch.tensor([last for _r, _f, last in where], device=self.device)
+        logits = self._forward(
+            ids.to(self.device), mask, positions.to(self.device), cache, rows_t, cols_t
+        )  # [requests, vocab]
+        first_tok = self._sample(logits, reqs)
         self.stats.num_prompt_tokens_computed += sum(t.num_new for t in trees)
+        order = [row for row, _f, _l in where]
         if width_p == 0 and all(len(t.tails) == 1 and not t.trunk for t in trees):
-            # NOTE: nothing shared: each row already is [pad][its prompt]; only reorder
-            order = torch.tensor([row for row, _f, _l in where], device=self.device)
-            cache.batch_select_indices(order)
-            new_cache, new_mask = cache, (segment >= 0).long().to(self.device)[order]
+            # NOTE: nothing shared: each row already is [pad][its prompt], in arrival order
+            # (prefix_groups keeps it); only a reorder would be left to do
+            if order != sorted(order):
+                cache.batch_select_indices(rows_t)
+            new_cache, new_mask = cache, (segment >= 0).long()[rows_t]
         else:
             new_cache, new_mask = self._gather_rows(cache, trees, where, width_p, prompts)
             self._store_prefixes(cache, trees, width_p, width_n)
@@ -260,7 +272,11 @@ class ModelRunner:
                     self._count_hit(head)
                 self.stats.num_prompt_tokens_shared += length * len(rows)
                 tails = [prompts[i][length:] for i in rows]
-                trees.append(_Tree(rows, head, prefix[len(head) :], tails, prefix))
+                if head == prefix:
+                    # NOTE: nothing to compute once: side by side, each on the cached head
+                    trees += [_Tree([i], head, (), [tail], None) for i, tail in zip(rows, tails)]
+                else:
+                    trees.append(_Tree(rows, head, prefix[len(head) :], tails, prefix))
                 continue
             for i in rows:
                 # NOTE: a prompt without a partner this step may still extend a cached
@@ -302,23 +318,27 @@ class ModelRunner:
         rows = torch.zeros((len(prompts), longest), dtype=torch.long)
         cols = torch.zeros((len(prompts), longest), dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+        tail_of = {i: tail for tree in trees for i, tail in zip(tree.rows, tree.tails)}
         for i, (row, trunk_at, last) in enumerate(where):
             tree = trees[row]
             head = torch.arange(width_p - len(tree.head), width_p)
             trunk = width_p + torch.arange(trunk_at, trunk_at + len(tree.trunk))
-            tail = tree.tails[tree.rows.index(i)]
+            tail = tail_of[i]
             own = width_p + torch.arange(last + 1 - len(tail), last + 1)
             index = torch.cat([head, trunk, own])
             cols[i, longest - len(index) :] = index
             rows[i] = row
             mask[i, longest - len(index) :] = 1
-        rows, cols = rows.to(self.device), cols.to(self.device)
+        # NOTE: the runner's DynamicCache() has only full layers, so a column number is a
+        # position in every layer; a sliding-window layer (DynamicCache(config=...)) would
+        # drop old columns and break this gather, the merge and the left crop.
+        heads = cache.layers[0].keys.shape[1]
+        rows = rows[:, None, :].to(self.device)  # [n, 1, len]
+        cols = cols[:, None, :].to(self.device)
+        head_ix = torch.arange(heads, device=self.device)[None, :, None]  # [1, heads, 1]
         out = DynamicCache()
         for layer, kv in enumerate(cache.layers):
-            # NOTE: [rows, cols] indexing puts the two index dims first: [n, len, heads, dim]
-            keys = kv.keys[rows, :, cols].transpose(1, 2).contiguous()
-            values = kv.values[rows, :, cols].transpose(1, 2).contiguous()
-            out.update(keys, values, layer)
+            out.update(kv.keys[rows, head_ix, cols], kv.values[rows, head_ix, cols], layer)  # [n, heads, len, dim]
         return out, mask.to(self.device)
 
     def _store_prefixes(
@@ -360,23 +380,36 @@ class ModelRunner:
         mask: torch.Tensor,
         positions: torch.Tensor,
         cache: DynamicCache,
-        keep: list[int],
+        rows: torch.Tensor,
+        cols: torch.Tensor,
     ) -> torch.Tensor:
-        """One prefill forward; logits at the ``keep`` columns (all where not supported)."""
-        extra = (
-            {"logits_to_keep": torch.tensor(keep, device=self.device)} if self._last_logits else {}
-        )
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_kwarg: cache},
-            **extra,
-        )
+        """One prefill forward; the logits at ``(rows[i], cols[i])``, one per request.
+
+        The LM head sees only those positions (a pre-hook picks them from its input), so
+        a tree row of many tails costs one head row per request, not one per column, and
+        the model's own head logic (scaling, soft-capping) still applies.
+        """
+        def pick(_module: torch.nn.Module, args: tuple) -> tuple:
+            return (args[0][rows, cols][None], *args[1:])
+
+        hook = self._lm_head.register_forward_pre_hook(pick) if self._lm_head is not None else None
+        try:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kwarg: cache},
+                **({"logits_to_keep": 0} if self._takes_logits_to_keep else {}),
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
         self.stats.num_forwards += 1
         self.stats.num_prefill_forwards += 1
-        return out.logits
+        if hook is None:
+            return out.logits[rows, cols]
+        return out.logits[0]
 
 
 @dataclass
