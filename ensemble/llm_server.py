@@ -160,7 +160,8 @@ class InflightLLMServer:
         token = getattr(out, "token_id", None)
         reason = out.finish_reason or ""
         # NOTE: an abort or an engine error carries no new token (token_id None).
-        if token is not None and token >= 0 and reason != "aborted" and not reason.startswith("error"):
+        failed = reason.startswith(("error", "invalid"))
+        if token is not None and token >= 0 and reason != "aborted" and not failed:
             state.token_ids.append(int(token))
             state.log_probs.append(float(out.log_prob))
         if not out.finished and state.is_cancelled():
@@ -170,7 +171,10 @@ class InflightLLMServer:
             if out.finished:
                 with self._lock:
                     self._active.pop(out.req_id, None)
-                if reason.startswith("error"):
+                if reason.startswith("invalid"):
+                    # NOTE: the code prefix makes it INVALID_ARGUMENT on the wire
+                    state.send(None, True, f"[INVALID_ARGUMENT] {reason.removeprefix('invalid: ')}")
+                elif failed:
                     state.send(None, True, f"engine {reason}")
                 else:
                     start = state.num_sent if state.wire.streaming else 0

@@ -122,7 +122,9 @@ def llm_send(sender) -> Callable[[Mapping[str, np.ndarray] | None, bool, str | N
     def send(outputs: Mapping[str, np.ndarray] | None, final: bool, error: str | None = None) -> None:
         flags = FINAL if final else 0
         if error is not None:
-            sender.send(error_response(error, ErrorCode.INTERNAL), flags=flags)
+            invalid = error.startswith(f"[{ErrorCode.INVALID_ARGUMENT.value}] ")
+            code = ErrorCode.INVALID_ARGUMENT if invalid else ErrorCode.INTERNAL
+            sender.send(error_response(error, code), flags=flags)
         elif outputs is None:
             sender.send(flags=flags)
         else:

@@ -65,7 +65,10 @@ class UpstreamError(PadellmServingError):
 
 
 def upstream_code(message: str) -> ErrorCode:
-    """The code of an LLM model's error message: UNAVAILABLE when it is missing or down."""
+    """The code of an LLM model's error message: UNAVAILABLE when it is missing or down,
+    INVALID_ARGUMENT when it refused the request (a text too long for the model)."""
+    if f"[{ErrorCode.INVALID_ARGUMENT.value}]" in message:
+        return ErrorCode.INVALID_ARGUMENT
     lowered = message.lower()
     if any(s in lowered for s in ("unavailable", "not ready", "not found", "unknown model", "connect")):
         return ErrorCode.UNAVAILABLE

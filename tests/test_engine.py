@@ -315,3 +315,24 @@ def test_a_sliding_window_bounds_the_request_length() -> None:
     assert _usable_length(MistralConfig(sliding_window=4096)) == 4096
     assert _usable_length(Qwen2Config(max_position_embeddings=32768)) == 32768
     assert _usable_length(LlamaConfig(max_position_embeddings=2048)) == 2048
+
+
+def test_a_request_too_long_for_the_model_is_refused_without_leaving_the_rest_queued() -> None:
+    import pytest
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from padellm_ner.errors import InvalidInputError
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    core = EngineCore(LlamaForCausalLM(config).eval())
+    llm = TorchLLM(core)
+    short, long = GenerationRequest((1, 2, 3), 4, ()), GenerationRequest(tuple(range(1, 31)), 4, ())
+    with pytest.raises(InvalidInputError, match="too long.*30 tokens.*4 more.*32 positions"):
+        llm.generate([short, long])
+    assert not core.has_unfinished()  # the short one did not stay queued
+    again = llm.generate([short])
+    assert len(again) == 1 and len(again[0].token_ids) == 4

@@ -86,6 +86,16 @@ def test_cli_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_text_too_long_for_the_model_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.model_cache import make_tiny_llama
+
+    tiny = make_tiny_llama(tmp_path / "tiny", max_position_embeddings=128)
+    proc = _cli("word " * 200, "--model", str(tiny), "--device", "cpu", "--labels", "LOC")
+    assert proc.returncode == 2, proc.stderr
+    assert "text too long for this model" in proc.stderr and "128 positions" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_cli_extract_json_output_has_offsets() -> None:
     text = "Japan beat Korea in Tokyo ."
     proc = _cli(text, "--model", "smollm2-135m", "--json", "--labels", "LOC")

@@ -99,6 +99,25 @@ def test_llm_model_matches_torch_llm(triton_server, sentences):
         np.testing.assert_allclose(log_probs, want.log_probs, rtol=1e-3, atol=1e-4)
 
 
+def test_llm_refuses_a_prompt_longer_than_the_model_as_invalid_argument(triton_server, sentences):
+    """A request over the model's positions is the caller's to fix: INVALID_ARGUMENT with
+    the numbers, not INTERNAL, and the server goes on serving."""
+    from tritonclient.utils import InferenceServerException
+
+    from padellm_ensemble.llm_client import build_llm_inputs
+    from padellm_ner.llm import GenerationRequest
+    from tests.model_cache import smollm2_codec
+
+    codec = smollm2_codec()
+    request = GenerationRequest(prompt_ids=(42,) * 8190, max_new_tokens=8, stop_ids=(codec.end_id,))
+    with pytest.raises(InferenceServerException) as info:
+        stream_call(triton_server.grpc_url, "llm", build_llm_inputs(request, codec.end_id))
+    message = info.value.message()
+    assert message.startswith("[INVALID_ARGUMENT] ") and "too long" in message, message
+    assert "8190" in message and "8192" in message, message
+    _healthy(triton_server, sentences[0])
+
+
 def test_llm_streaming_one_response_per_token(triton_server, sentences):
     from padellm_ensemble.llm_client import build_llm_inputs, parse_llm_outputs
     from padellm_ner.llm import GenerationRequest

@@ -434,3 +434,11 @@ def test_orchestrator_reaches_its_own_server_on_loopback(tmp_path, monkeypatch):
     assert llm_url("llm-host:8001") == "llm-host:8001"
     monkeypatch.delenv(LLM_URL_ENV)
     assert llm_url(None) == "localhost:8001"
+
+
+def test_upstream_code_keeps_an_llm_refusal_invalid_argument():
+    from padellm_ensemble.validation import ErrorCode, upstream_code
+
+    assert upstream_code("[INVALID_ARGUMENT] text too long for this model") == ErrorCode.INVALID_ARGUMENT
+    assert upstream_code("[INTERNAL] engine error: boom") == ErrorCode.INTERNAL
+    assert upstream_code("failed to connect to all addresses") == ErrorCode.UNAVAILABLE

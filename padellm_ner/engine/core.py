@@ -11,6 +11,7 @@ import torch
 from padellm_ner.engine.request import Request
 from padellm_ner.engine.runner import EngineStats, ModelRunner
 from padellm_ner.engine.scheduler import FcfsScheduler, SchedulerInterface
+from padellm_ner.errors import InvalidInputError
 from padellm_ner.llm import GenerationRequest
 
 __all__ = ["StepOutput", "EngineCore", "pick_device", "pick_dtype"]
@@ -106,15 +107,18 @@ class EngineCore:
         return self.runner.stats
 
     def add_request(self, req_id: str, request: GenerationRequest) -> None:
-        """Queue a request; raises ValueError for a duplicate id or an impossible length."""
+        """Queue a request; ValueError for a duplicate id, InvalidInputError when too long."""
         if req_id in self._requests:
             raise ValueError(f"request id {req_id!r} is already in the engine")
         req = Request.from_generation_request(req_id, request)
         total = len(req.prompt_ids) + req.max_new_tokens
         if self.max_model_len and total > self.max_model_len:
-            raise ValueError(
-                f"request {req_id!r}: prompt ({len(req.prompt_ids)}) + max_new_tokens "
-                f"({req.max_new_tokens}) exceeds the model's {self.max_model_len} positions"
+            # NOTE: the user's text is too long: an error they can act on (CLI message,
+            # INVALID_ARGUMENT when served), not a crash
+            raise InvalidInputError(
+                f"text too long for this model: its prompt takes {len(req.prompt_ids)} tokens "
+                f"and up to {req.max_new_tokens} more may be generated, over the model's "
+                f"{self.max_model_len} positions (request {req_id!r})"
             )
         self._requests[req_id] = req
         self.scheduler.add_request(req)

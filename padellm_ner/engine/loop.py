@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from padellm_ner.engine.core import EngineCore, StepOutput
 from padellm_ner.engine.runner import EngineStats
+from padellm_ner.errors import InvalidInputError
 from padellm_ner.llm import GenerationRequest
 
 __all__ = ["EngineLoop", "StepCallback"]
@@ -127,6 +128,9 @@ class EngineLoop:
             return
         try:
             self.core.add_request(item.req_id, item.request)
+        except InvalidInputError as exc:  # NOTE: the caller's to fix (a text too long)
+            item.callback(StepOutput(item.req_id, None, 0.0, True, f"invalid: {exc}"))
+            return
         except ValueError as exc:
             item.callback(StepOutput(item.req_id, None, 0.0, True, f"error: {exc}"))
             return

@@ -29,8 +29,16 @@ class TorchLLM:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         req_ids = [f"gen-{next(self._ids)}" for _ in requests]
         results: dict[str, GenerationResult] = {rid: GenerationResult() for rid in req_ids}
-        for rid, request in zip(req_ids, requests):
-            self.core.add_request(rid, request)
+        added: list[str] = []
+        try:
+            for rid, request in zip(req_ids, requests):
+                self.core.add_request(rid, request)
+                added.append(rid)
+        except BaseException:
+            # NOTE: all or nothing: a refused request must not leave its batch-mates queued
+            for rid in added:
+                self.core.abort_request(rid)
+            raise
         pending = set(req_ids)
         try:
             while pending:
