@@ -170,6 +170,9 @@ def test_tree_prefill_mask_keeps_tails_apart_and_is_never_empty() -> None:
     assert mask[1, 0, 2].tolist() == [f, f, f, f, t, f, f]  # no head, no pads
     assert mask[1, 0, 4].tolist() == [f, f, f, f, t, t, t]
     assert mask[1, 0, 0].all() and mask[1, 0, 1].all()  # pads: every key, never none
+    # built where its inputs live (a CPU helper tensor beside CUDA ones would raise)
+    on_meta = tree_prefill_mask(segment.to("meta"), torch.tensor([2, 0], device="meta"), 2)
+    assert on_meta.device.type == "meta"
 
 
 def test_prefix_groups() -> None:

@@ -241,14 +241,14 @@ class ModelRunner:
         segment = segment.to(self.device)
         past = torch.tensor([len(t.head) for t in trees], device=self.device)
         mask = tree_prefill_mask(segment, past, width_p)
-        rows_t = torch.tensor([row for row, _f, _l in where], device=self.device)
+        order = [row for row, _f, _l in where]
+        rows_t = torch.tensor(order, device=self.device)
         cols_t = torch.tensor([last for _r, _f, last in where], device=self.device)
         logits = self._forward(
             ids.to(self.device), mask, positions.to(self.device), cache, rows_t, cols_t
         )  # [requests, vocab]
         first_tok = self._sample(logits, reqs)
         self.stats.num_prompt_tokens_computed += sum(t.num_new for t in trees)
-        order = [row for row, _f, _l in where]
         if width_p == 0 and all(len(t.tails) == 1 and not t.trunk for t in trees):
             # NOTE: nothing shared: each row already is [pad][its prompt], in arrival order
             # (prefix_groups keeps it); only a reorder would be left to do
@@ -443,9 +443,10 @@ def tree_prefill_mask(segment: torch.Tensor, past: torch.Tensor, width_p: int) -
     it on; its output is never used.
     """
     rows, new = segment.shape
-    head = torch.arange(width_p)[None, :] >= (width_p - past)[:, None]  # [rows, width_p]
+    device = segment.device
+    head = torch.arange(width_p, device=device)[None, :] >= (width_p - past)[:, None]  # [rows, width_p]
     seg_q, seg_k = segment[:, :, None], segment[:, None, :]
-    causal = torch.ones((new, new), dtype=torch.bool).tril()
+    causal = torch.ones((new, new), dtype=torch.bool, device=device).tril()
     tree = causal & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))  # [rows, q, k]
     full = torch.cat([head[:, None, :].expand(rows, new, width_p), tree], dim=-1)[:, None]
     return full | ~full.any(dim=-1, keepdim=True)
