@@ -202,6 +202,10 @@ def plan_jobs(
 
 def _run_job(job: Job, log_dir: Path, timeout_s: float) -> JobRecord:
     argv, note = job.resolved_argv()
+
+    def detail(text: str = "") -> str:
+        return "; ".join(filter(None, [text, note]))
+
     command = [sys.executable, "-m", "padellm_ner.cli", *argv]
     log = log_dir / (job.name.replace(" ", "_") + ".log")
     shown = "padellm-ner " + shlex.join(argv)
@@ -215,20 +219,20 @@ def _run_job(job: Job, log_dir: Path, timeout_s: float) -> JobRecord:
             proc = subprocess.run(command, stdout=stdout, stderr=err, timeout=timeout_s, env=env, check=False)
         except subprocess.TimeoutExpired:
             return JobRecord(job.name, "timeout", time.perf_counter() - start, shown, str(log),
-                             "; ".join(filter(None, [f"stopped after {timeout_s:.0f} s", note])))  # fmt: skip
+                             detail(f"stopped after {timeout_s:.0f} s"))  # fmt: skip
         finally:
             if partial:
                 stdout.close()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
-        detail = f"exit {proc.returncode}: {tail[0][:300]}"
-        return JobRecord(job.name, "failed", wall, shown, str(log), "; ".join(filter(None, [detail, note])))
+        return JobRecord(job.name, "failed", wall, shown, str(log),
+                         detail(f"exit {proc.returncode}: {tail[0][:300]}"))  # fmt: skip
     if partial:
         partial.replace(job.output)  # NOTE: only a finished report counts as done
     else:
         (job.output / _DONE).write_text(shown + "\n")
-    return JobRecord(job.name, "ok", wall, shown, str(log), note)
+    return JobRecord(job.name, "ok", wall, shown, str(log), detail())
 
 
 def run_campaign(

@@ -365,12 +365,8 @@ def run_train(args: argparse.Namespace) -> int:
         (out / META_FILE).write_text(
             json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-    fitted = (
-        f" (schedule fitted to --max-minutes from {result.planned_steps})"
-        if result.planned_steps > result.total_steps else ""
-    )
     print(
-        f"train: done, {result.steps}/{result.total_steps} steps{fitted}, loss {result.first_loss:.4f} -> "
+        f"train: done, {result.steps}/{result.total_steps} steps{_fitted_note(meta['train'])}, loss {result.first_loss:.4f} -> "
         f"{result.final_loss:.4f}, {result.tokens_per_s:.0f} tok/s ({result.raw_tokens_per_s:.0f} unpacked), "
         f"{time.perf_counter() - t_start:.0f}s; saved to {out}"
         + (f"; eval {json.dumps(evals)}" if evals else ""),
