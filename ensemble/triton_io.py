@@ -151,6 +151,7 @@ class EngineMetrics:
         "num_prompt_tokens_shared": ("padellm_llm_prompt_tokens_shared_total", "Prompt tokens whose KV came from a shared prefix (computed once per group, or cached)"),
         "num_prompt_tokens_cached": ("padellm_llm_prompt_tokens_cached_total", "Shared-prefix tokens found in the prefix KV cache (no forward)"),
         "num_prompt_tokens_computed": ("padellm_llm_prompt_tokens_computed_total", "Prompt tokens run through a forward (the prefill work actually done)"),
+        "num_prefill_slots": ("padellm_llm_prefill_slots_total", "Prefill columns run through a forward, padding included (slots - computed = padding)"),
     }
 
     def __init__(self, model_name: str) -> None:

@@ -135,6 +135,10 @@ def test_shared_prompt_prefixes_are_prefilled_once_with_the_same_result() -> Non
     assert plain_core.stats.num_prefill_forwards == 1
     assert plain_core.stats.num_prompt_tokens_shared == 0
     assert plain_core.stats.num_prompt_tokens_computed == plain_core.stats.num_prompt_tokens
+    # the short prompts were packed side by side instead of each padded to the longest
+    longest = max(len(r.prompt_ids) for r in reqs)
+    assert plain_core.stats.num_prefill_slots < len(reqs) * longest
+    assert plain_core.stats.num_prefill_slots >= plain_core.stats.num_prompt_tokens_computed
     # each shared prefix is computed once, not once per row
     saved = sum(shared * (len(rows) - 1) for rows, shared in groups)
     assert shared_core.stats.num_prompt_tokens_computed == plain_core.stats.num_prompt_tokens - saved
@@ -157,7 +161,9 @@ def test_tree_prefill_mask_keeps_tails_apart_and_is_never_empty() -> None:
     # row 0: a 2-token cached head, trunk of 2, tails of 1 and 2; row 1: no head, one
     # prompt of 3 tokens (a tail without a trunk), left-padded by 2
     segment = torch.tensor([[0, 0, 1, 2, 2], [-1, -1, 1, 1, 1]])
-    mask = tree_prefill_mask(segment, torch.tensor([2, 0]), width_p=2)
+    block = torch.tensor([[0, 0, 0, 0, 0], [-1, -1, 1, 1, 1]])
+    past_block = torch.tensor([[0, 0], [-1, -1]])
+    mask = tree_prefill_mask(segment, block, past_block)
     assert mask.shape == (2, 1, 5, 7) and mask.dtype == torch.bool
     t, f = True, False
     assert mask[0, 0].tolist() == [
@@ -171,8 +177,51 @@ def test_tree_prefill_mask_keeps_tails_apart_and_is_never_empty() -> None:
     assert mask[1, 0, 4].tolist() == [f, f, f, f, t, t, t]
     assert mask[1, 0, 0].all() and mask[1, 0, 1].all()  # pads: every key, never none
     # built where its inputs live (a CPU helper tensor beside CUDA ones would raise)
-    on_meta = tree_prefill_mask(segment.to("meta"), torch.tensor([2, 0], device="meta"), 2)
+    on_meta = tree_prefill_mask(segment.to("meta"), block.to("meta"), past_block.to("meta"))
     assert on_meta.device.type == "meta"
+
+
+def test_trees_packed_in_one_row_never_see_each_other() -> None:
+    """Two trees side by side in a row, each on its own cached head: a column sees its
+    own tree's head, trunk and tail, nothing of the other tree."""
+    from padellm_ner.engine.runner import tree_prefill_mask
+
+    # past: [pad][head of tree 0: 1][head of tree 1: 2]; new: [tree 0: trunk 1, tail 1]
+    # [tree 1: tail 2] (a tail without a trunk)
+    segment = torch.tensor([[0, 1, 1, 1]])
+    block = torch.tensor([[0, 0, 1, 1]])
+    past_block = torch.tensor([[-1, 0, 1, 1]])
+    t, f = True, False
+    assert tree_prefill_mask(segment, block, past_block)[0, 0].tolist() == [
+        [f, t, f, f, t, f, f, f],  # tree 0 trunk: its head, itself
+        [f, t, f, f, t, t, f, f],  # tree 0 tail
+        [f, f, t, t, f, f, t, f],  # tree 1: its head, never tree 0
+        [f, f, t, t, f, f, t, t],
+    ]
+
+
+def test_pack_trees_fills_rows_without_widening_them() -> None:
+    from padellm_ner.engine.runner import _Tree, pack_trees
+
+    def tree(head: int, new: int) -> _Tree:
+        return _Tree([0], tuple(range(head)), (), [tuple(range(new))], None)
+
+    trees = [tree(0, 10), tree(0, 4), tree(0, 6), tree(0, 3), tree(5, 2), tree(5, 8)]
+    places, width_p, width_n = pack_trees(trees)
+    assert (width_p, width_n) == (5, 10)
+    rows: dict[int, list[int]] = {}
+    for t, place in enumerate(places):
+        rows.setdefault(place.row, []).append(t)
+    assert len(rows) < len(trees)
+    for members in rows.values():
+        assert sum(trees[t].num_new for t in members) <= width_n
+        assert sum(len(trees[t].head) for t in members) <= width_p
+        spans = sorted((places[t].new_at, places[t].new_at + trees[t].num_new) for t in members)
+        assert spans[-1][1] == width_n  # right-aligned
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no overlap
+        heads = sorted((places[t].head_at, places[t].head_at + len(trees[t].head)) for t in members if trees[t].head)
+        assert all(a[1] <= b[0] for a, b in zip(heads, heads[1:]))
+        assert all(end <= width_p for _start, end in heads)
 
 
 def test_prefix_groups() -> None:

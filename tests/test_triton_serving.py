@@ -288,3 +288,6 @@ def test_inflight_batching_metrics_and_join(triton_server, sentences):
     steps = together["padellm_llm_decode_steps_total"] - apart["padellm_llm_decode_steps_total"]
     assert forwards_together < forwards_apart - 10, (forwards_together, forwards_apart)
     assert batch_sum > steps  # some steps decoded both requests
+    # the padding the prefill packing left is observable: slots - computed
+    slots = together["padellm_llm_prefill_slots_total"]
+    assert slots >= together["padellm_llm_prompt_tokens_computed_total"] > 0

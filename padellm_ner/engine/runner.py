@@ -13,6 +13,8 @@ tails (a tail never attends to a sibling), as the trainer packs a sentence's seq
 Each request then gets its own contiguous KV row. Shared prefixes are kept (LRU) so that
 a later prompt extending one, grouped or alone, prefills only the rest, like TensorRT-LLM's
 KV-cache block reuse: PaDeLLM's mention prompts extend the count prompts' prefix.
+Trees shorter than the widest are packed side by side into one forward row, each blind
+to the others, so a batch of sentences of different lengths pads little.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from transformers import DynamicCache
 from padellm_ner.engine.request import Request
 from padellm_ner.engine.scheduler import SchedulerOutput
 
-__all__ = ["EngineStats", "ModelRunner"]
+__all__ = ["EngineStats", "ModelRunner", "pack_trees", "tree_prefill_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class EngineStats:
     num_prompt_tokens_shared: int = 0  # of those, served by a prefix's KV (once per group, or cached)
     num_prompt_tokens_cached: int = 0  # prefix tokens found in the prefix cache (no forward)
     num_prompt_tokens_computed: int = 0  # prompt tokens run through a forward (pads excluded)
+    num_prefill_slots: int = 0  # prefill columns run through a forward, pads included
     num_prefix_cache_hits: int = 0
     sum_batch_size: int = 0  # rows per decode forward, summed
     max_batch_size: int = 0
@@ -202,62 +205,68 @@ class ModelRunner:
     ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prefill new rows in one forward: a shared prefix once, as the trunk of a tree.
 
-        Each group of prompts sharing a prefix (``prefix_groups``) is one forward row laid
-        out as the training packer lays out a sentence: ``[pad][cached head][trunk]
-        [tail 1]...[tail m]``, where a tail sees the head, the trunk and itself, never a
-        sibling. A prompt sharing nothing is a row of its own. One forward serves every
-        group, so the shared prefix is computed once and costs no forward of its own; then
-        each request's KV is gathered out whole (``[pad][its prompt]``, the prefix copied
-        into every row), and a group's prefix is kept in the prefix cache for prompts that
-        extend it later. A group whose prefix is all cached has nothing to compute once:
-        its rows go in side by side, each on the cached head, keeping rows narrow.
+        Each group of prompts sharing a prefix (``prefix_groups``) is one tree laid out as
+        the training packer lays out a sentence: ``[cached head][trunk][tail 1]...[tail m]``,
+        where a tail sees the head, the trunk and itself, never a sibling. A prompt sharing
+        nothing is a tree of its own. Trees are packed side by side into forward rows
+        (``pack_trees``), so short trees fill a row instead of padding to the longest; a
+        tree never sees another tree of its row. One forward serves them all, so a shared
+        prefix is computed once and costs no forward of its own; then each request's KV is
+        gathered out whole (``[pad][its prompt]``, the prefix copied into every row), and a
+        group's prefix is kept in the prefix cache for prompts that extend it later. A
+        group whose prefix is all cached has nothing to compute once: its prompts become
+        one tree each on the cached head, keeping trees narrow.
         Returns the rows' cache, mask, next positions and first sampled tokens.
         """
         prompts = [tuple(r.prompt_ids) for r in reqs]
         trees = self._plan_trees(prompts)
-        width_p = max(len(t.head) for t in trees)
-        width_n = max(t.num_new for t in trees)
-        num_rows = len(trees)
+        places, width_p, width_n = pack_trees(trees)
+        num_rows = 1 + max(p.row for p in places)
         ids = torch.full((num_rows, width_n), self.pad_id, dtype=torch.long)
         positions = torch.zeros((num_rows, width_n), dtype=torch.long)
         segment = torch.full((num_rows, width_n), -1, dtype=torch.long)  # -1 pad, 0 trunk
-        # per request: its tree row, where that row's trunk starts, its tail's last column
-        where: list[tuple[int, int, int]] = [(0, 0, 0)] * len(reqs)
-        for row, tree in enumerate(trees):
-            col = width_n - tree.num_new
-            trunk_at, pos = col, len(tree.head)
+        block = torch.full((num_rows, width_n), -1, dtype=torch.long)  # -1 pad, else tree
+        past_block = torch.full((num_rows, width_p), -1, dtype=torch.long)
+        # per request: its tree and its tail's last column
+        where: list[tuple[int, int]] = [(0, 0)] * len(reqs)
+        for t, (tree, place) in enumerate(zip(trees, places)):
+            past_block[place.row, place.head_at : place.head_at + len(tree.head)] = t
+            col, pos = place.new_at, len(tree.head)
             for seg, toks in enumerate((tree.trunk, *tree.tails)):
-                ids[row, col : col + len(toks)] = torch.tensor(toks, dtype=torch.long)
-                positions[row, col : col + len(toks)] = torch.arange(pos, pos + len(toks))
-                segment[row, col : col + len(toks)] = seg
+                ids[place.row, col : col + len(toks)] = torch.tensor(toks, dtype=torch.long)
+                positions[place.row, col : col + len(toks)] = torch.arange(pos, pos + len(toks))
+                segment[place.row, col : col + len(toks)] = seg
+                block[place.row, col : col + len(toks)] = t
                 if seg:
-                    where[tree.rows[seg - 1]] = (row, trunk_at, col + len(toks) - 1)
+                    where[tree.rows[seg - 1]] = (t, col + len(toks) - 1)
                 else:
                     pos += len(toks)
                 col += len(toks)
         cache = DynamicCache()
         if width_p:
-            self._load_heads(cache, trees, width_p)
-        segment = segment.to(self.device)
-        past = torch.tensor([len(t.head) for t in trees], device=self.device)
-        mask = tree_prefill_mask(segment, past, width_p)
-        order = [row for row, _f, _l in where]
+            self._load_heads(cache, trees, places, num_rows, width_p)
+        segment, block = segment.to(self.device), block.to(self.device)
+        mask = tree_prefill_mask(segment, block, past_block.to(self.device))
+        order = [places[t].row for t, _last in where]
         rows_t = torch.tensor(order, device=self.device)
-        cols_t = torch.tensor([last for _r, _f, last in where], device=self.device)
+        cols_t = torch.tensor([last for _t, last in where], device=self.device)
         logits = self._forward(
             ids.to(self.device), mask, positions.to(self.device), cache, rows_t, cols_t
         )  # [requests, vocab]
         first_tok = self._sample(logits, reqs)
         self.stats.num_prompt_tokens_computed += sum(t.num_new for t in trees)
-        if width_p == 0 and all(len(t.tails) == 1 and not t.trunk for t in trees):
-            # NOTE: nothing shared: each row already is [pad][its prompt], in arrival order
-            # (prefix_groups keeps it); only a reorder would be left to do
+        self.stats.num_prefill_slots += num_rows * width_n
+        if num_rows == len(reqs) and all(
+            not t.head and not t.trunk and len(t.tails) == 1 for t in trees
+        ):
+            # NOTE: nothing shared or packed: each row already is [pad][its prompt]; only
+            # a reorder would be left to do
             if order != sorted(order):
                 cache.batch_select_indices(rows_t)
             new_cache, new_mask = cache, (segment >= 0).long()[rows_t]
         else:
-            new_cache, new_mask = self._gather_rows(cache, trees, where, width_p, prompts)
-            self._store_prefixes(cache, trees, width_p, width_n)
+            new_cache, new_mask = self._gather_rows(cache, trees, places, where, width_p, prompts)
+            self._store_prefixes(cache, trees, places, width_p)
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         return new_cache, new_mask, lengths, first_tok
 
@@ -290,44 +299,53 @@ class ModelRunner:
                 trees.append(_Tree([i], hit, (), [prompts[i][len(hit) :]], None))
         return trees
 
-    def _load_heads(self, cache: DynamicCache, trees: list[_Tree], width: int) -> None:
-        """Put each row's cached head, left-padded to ``width``, into ``cache`` as its past."""
-        kvs = [self._prefixes[t.head] if t.head else None for t in trees]
-        like = next(kv for kv in kvs if kv is not None)
+    def _load_heads(
+        self, cache: DynamicCache, trees: list[_Tree], places: list[_Place], num_rows: int, width: int
+    ) -> None:
+        """Put each row's cached heads, side by side and left-padded to ``width``, into
+        ``cache`` as its past (``_Place.head_at`` says where each tree's head sits)."""
+        by_row: list[list[int]] = [[] for _ in range(num_rows)]
+        for t in sorted(range(len(trees)), key=lambda t: places[t].head_at):
+            if trees[t].head:
+                by_row[places[t].row].append(t)
+        like = self._prefixes[next(t.head for t in trees if t.head)]
         for layer, (k0, v0) in enumerate(like):
             keys, values = [], []
-            for kv in kvs:
-                if kv is None:
-                    keys.append(k0.new_zeros((1, k0.shape[1], width, k0.shape[3])))
-                    values.append(v0.new_zeros((1, v0.shape[1], width, v0.shape[3])))
-                else:
-                    keys.append(_pad_left(kv[layer][0], width))
-                    values.append(_pad_left(kv[layer][1], width))
+            for row in by_row:
+                used = sum(len(trees[t].head) for t in row)
+                keys.append(torch.cat(
+                    [k0.new_zeros((1, k0.shape[1], width - used, k0.shape[3]))]
+                    + [self._prefixes[trees[t].head][layer][0] for t in row], dim=2))
+                values.append(torch.cat(
+                    [v0.new_zeros((1, v0.shape[1], width - used, v0.shape[3]))]
+                    + [self._prefixes[trees[t].head][layer][1] for t in row], dim=2))
             cache.update(torch.cat(keys), torch.cat(values), layer)
 
     def _gather_rows(
         self,
         cache: DynamicCache,
         trees: list[_Tree],
-        where: list[tuple[int, int, int]],
+        places: list[_Place],
+        where: list[tuple[int, int]],
         width_p: int,
         prompts: list[tuple[int, ...]],
     ) -> tuple[DynamicCache, torch.Tensor]:
-        """Each request's KV out of its tree row: head, trunk and its own tail, left-padded."""
+        """Each request's KV out of its forward row: its tree's head and trunk, its own
+        tail, left-padded."""
         longest = max(len(p) for p in prompts)
         rows = torch.zeros((len(prompts), longest), dtype=torch.long)
         cols = torch.zeros((len(prompts), longest), dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
         tail_of = {i: tail for tree in trees for i, tail in zip(tree.rows, tree.tails)}
-        for i, (row, trunk_at, last) in enumerate(where):
-            tree = trees[row]
-            head = torch.arange(width_p - len(tree.head), width_p)
-            trunk = width_p + torch.arange(trunk_at, trunk_at + len(tree.trunk))
+        for i, (t, last) in enumerate(where):
+            tree, place = trees[t], places[t]
+            head = torch.arange(place.head_at, place.head_at + len(tree.head))
+            trunk = width_p + torch.arange(place.new_at, place.new_at + len(tree.trunk))
             tail = tail_of[i]
             own = width_p + torch.arange(last + 1 - len(tail), last + 1)
             index = torch.cat([head, trunk, own])
             cols[i, longest - len(index) :] = index
-            rows[i] = row
+            rows[i] = place.row
             mask[i, longest - len(index) :] = 1
         # NOTE: the runner's DynamicCache() has only full layers, so a column number is a
         # position in every layer; a sliding-window layer (DynamicCache(config=...)) would
@@ -342,17 +360,17 @@ class ModelRunner:
         return out, mask.to(self.device)
 
     def _store_prefixes(
-        self, cache: DynamicCache, trees: list[_Tree], width_p: int, width_n: int
+        self, cache: DynamicCache, trees: list[_Tree], places: list[_Place], width_p: int
     ) -> None:
         """Keep each group's prefix KV (head + trunk) for prompts that extend it later."""
-        for row, tree in enumerate(trees):
+        for tree, place in zip(trees, places):
             if tree.prefix is None or not tree.trunk:
                 continue  # NOTE: no trunk: the whole prefix was a cache hit, kept already
-            start = width_p + width_n - tree.num_new
             index = torch.cat([
-                torch.arange(width_p - len(tree.head), width_p),
-                torch.arange(start, start + len(tree.trunk)),
+                torch.arange(place.head_at, place.head_at + len(tree.head)),
+                width_p + torch.arange(place.new_at, place.new_at + len(tree.trunk)),
             ]).to(self.device)  # fmt: skip
+            row = place.row
             self._prefixes[tree.prefix] = [
                 (layer.keys[row : row + 1].index_select(2, index),
                  layer.values[row : row + 1].index_select(2, index))
@@ -431,24 +449,74 @@ class _Tree:
         return len(self.trunk) + sum(len(t) for t in self.tails)
 
 
-def tree_prefill_mask(segment: torch.Tensor, past: torch.Tensor, width_p: int) -> torch.Tensor:
-    """The 4-D boolean mask of a tree prefill ([rows, 1, new, width_p + new]).
+@dataclass(frozen=True)
+class _Place:
+    """Where a tree sits in a prefill forward: its row, its head's first past column and
+    its trunk's first new column."""
 
-    ``segment`` ([rows, new]) tags each new column -1 (pad), 0 (trunk) or j (tail j);
-    ``past`` is each row's cached head length, right-aligned in the first ``width_p``
-    columns. A column sees its row's head, the trunk and its own tail up to itself: a
-    tail never sees a sibling, and nothing sees padding. A query that would see no key
-    at all (a pad) sees every key instead: a fused attention kernel may answer such a
-    row with NaN (cuDNN's on Hopper in bf16 is reported to), and the cache would carry
-    it on; its output is never used.
+    row: int
+    head_at: int
+    new_at: int
+
+
+def pack_trees(trees: list[_Tree]) -> tuple[list[_Place], int, int]:
+    """Pack trees side by side into forward rows no wider than the widest tree.
+
+    First fit, longest first, in both regions at once: a row's new columns (trunks and
+    tails) and its past columns (cached heads) each stay within the widest tree's and
+    the longest head's, so packing only removes padding and never widens the attention.
+    On a CPU a forward costs about in proportion to its columns, pads included. Each row
+    is right-aligned (pads on the left), as decode rows are. Returns each tree's place,
+    the past width and the new width.
     """
-    rows, new = segment.shape
+    cap_p = max(len(t.head) for t in trees)
+    cap_n = max(t.num_new for t in trees)
+    rows: list[list[int]] = []  # tree indices per row, in column order
+    used: list[tuple[int, int]] = []  # (past, new) columns taken per row
+    for t in sorted(range(len(trees)), key=lambda t: (-trees[t].num_new, -len(trees[t].head), t)):
+        need_p, need_n = len(trees[t].head), trees[t].num_new
+        for r, (p, n) in enumerate(used):
+            if p + need_p <= cap_p and n + need_n <= cap_n:
+                rows[r].append(t)
+                used[r] = (p + need_p, n + need_n)
+                break
+        else:
+            rows.append([t])
+            used.append((need_p, need_n))
+    width_p = max(p for p, _n in used)
+    width_n = max(n for _p, n in used)
+    places: list[_Place | None] = [None] * len(trees)
+    for r, (members, (p, n)) in enumerate(zip(rows, used)):
+        head_at, new_at = width_p - p, width_n - n
+        for t in members:
+            places[t] = _Place(r, head_at, new_at)
+            head_at += len(trees[t].head)
+            new_at += trees[t].num_new
+    return places, width_p, width_n  # type: ignore[return-value]
+
+
+def tree_prefill_mask(
+    segment: torch.Tensor, block: torch.Tensor, past_block: torch.Tensor
+) -> torch.Tensor:
+    """The 4-D boolean mask of a tree prefill ([rows, 1, new, past + new]).
+
+    ``segment`` ([rows, new]) tags each new column -1 (pad), 0 (trunk) or j (tail j) of
+    its tree; ``block`` ([rows, new]) says which tree a new column belongs to and
+    ``past_block`` ([rows, past]) which tree a cached head column belongs to (-1: pad).
+    A column sees its own tree's head, trunk and its own tail up to itself: a tail never
+    sees a sibling, a tree never sees another tree packed in its row, and nothing sees
+    padding. A query that would see no key at all (a pad) sees every key instead: a
+    fused attention kernel may answer such a row with NaN (cuDNN's on Hopper in bf16 is
+    reported to), and the cache would carry it on; its output is never used.
+    """
+    new = segment.shape[1]
     device = segment.device
-    head = torch.arange(width_p, device=device)[None, :] >= (width_p - past)[:, None]  # [rows, width_p]
+    head = (past_block[:, None, :] >= 0) & (past_block[:, None, :] == block[:, :, None])
     seg_q, seg_k = segment[:, :, None], segment[:, None, :]
     causal = torch.ones((new, new), dtype=torch.bool, device=device).tril()
-    tree = causal & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))  # [rows, q, k]
-    full = torch.cat([head[:, None, :].expand(rows, new, width_p), tree], dim=-1)[:, None]
+    same = block[:, :, None] == block[:, None, :]
+    tree = causal & same & (seg_k >= 0) & ((seg_k == 0) | (seg_k == seg_q))  # [rows, q, k]
+    full = torch.cat([head, tree], dim=-1)[:, None]
     return full | ~full.any(dim=-1, keepdim=True)
 
 
