@@ -153,11 +153,11 @@ def test_timing_llm_serial_and_batch() -> None:
     reqs = [GenerationRequest((1, 2), 4), GenerationRequest((1, 3), 4)]
     batch = latency.TimingLLM(inner)
     assert len(batch.generate(reqs)) == 2 and inner.batches == [2]
-    assert batch.calls[0][0][0] is None and batch.total_seconds >= 0
+    assert batch.calls[0][0].request is None and batch.total_seconds >= 0
     serial = latency.TimingLLM(inner, serial=True)
     serial.generate(reqs)
     assert inner.batches == [2, 1, 1]
-    assert [req for req, _ in serial.calls[0]] == reqs
+    assert [t.request for t in serial.calls[0]] == reqs
 
 
 def test_multi_latency_is_slowest_branch() -> None:

@@ -87,6 +87,16 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+@dataclass(frozen=True)
+class TimedCall:
+    """One timed ``generate``: its request (None: a whole batch in one call), its wall
+    time and the engine forwards it took (None where the LLM does not count them)."""
+
+    request: GenerationRequest | None
+    seconds: float
+    forwards: int | None
+
+
 class TimingLLM:
     """An ``LLM`` proxy that times every ``generate`` call of the wrapped LLM.
 
@@ -94,11 +104,10 @@ class TimingLLM:
         inner: the LLM doing the work.
         serial: decode each request alone (a batch of one) and time it on its own:
             the PaDeLLM_Multi emulation. Otherwise the batch goes through as one call.
+        count_forwards: reads the engine's forward counter (None: not counted).
 
-    ``calls`` holds, per ``generate`` call, one ``(request, seconds)`` per request when
-    ``serial``; else one ``(None, seconds)`` for the whole batch. ``forwards`` has the
-    same shape: the engine forwards each took, read from ``count_forwards`` (None
-    where the LLM does not count them).
+    ``calls`` holds, per ``generate`` call, one ``TimedCall`` per request when
+    ``serial``; else one for the whole batch.
     """
 
     def __init__(
@@ -110,20 +119,20 @@ class TimingLLM:
         self.inner = inner
         self.serial = serial
         self.count_forwards = count_forwards or (lambda: None)
-        self.calls: list[list[tuple[GenerationRequest | None, float]]] = []
-        self.forwards: list[list[tuple[GenerationRequest | None, int | None]]] = []
+        self.calls: list[list[TimedCall]] = []
 
     def reset(self) -> None:
         self.calls = []
-        self.forwards = []
 
     @property
     def total_seconds(self) -> float:
-        return sum(seconds for call in self.calls for _req, seconds in call)
+        return sum(t.seconds for call in self.calls for t in call)
 
-    def _timed(
-        self, requests: Sequence[GenerationRequest]
-    ) -> tuple[list[GenerationResult], float, int | None]:
+    def costs(self, name: str) -> list[list[tuple[GenerationRequest | None, Any]]]:
+        """``calls`` as ``(request, cost)`` pairs of one field, as ``multi_latency`` reads them."""
+        return [[(t.request, getattr(t, name)) for t in call] for call in self.calls]
+
+    def _timed(self, requests: Sequence[GenerationRequest]) -> tuple[list[GenerationResult], TimedCall]:
         before = self.count_forwards()
         _sync()
         start = time.perf_counter()
@@ -132,37 +141,35 @@ class TimingLLM:
         seconds = time.perf_counter() - start
         after = self.count_forwards()
         forwards = None if before is None or after is None else after - before
-        return results, seconds, forwards
+        return results, TimedCall(requests[0] if self.serial else None, seconds, forwards)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if not self.serial:
-            results, seconds, forwards = self._timed(requests)
-            self.calls.append([(None, seconds)])
-            self.forwards.append([(None, forwards)])
+            results, timed = self._timed(requests)
+            self.calls.append([timed])
             return results
-        results, timings, forwards = [], [], []
+        results, timings = [], []
         for request in requests:
-            (result,), seconds, num = self._timed([request])
+            (result,), timed = self._timed([request])
             results.append(result)
-            timings.append((request, seconds))
-            forwards.append((request, num))
+            timings.append(timed)
         self.calls.append(timings)
-        self.forwards.append(forwards)
         return results
 
     def critical_path_forwards(self) -> int | None:
         """Forwards on the critical path: all of them (one batch), or the slowest branch's."""
-        if any(num is None for call in self.forwards for _req, num in call):
+        forwards = self.costs("forwards")
+        if any(num is None for call in forwards for _req, num in call):
             return None
         if not self.serial:
-            return sum(num for call in self.forwards for _req, num in call)
-        return int(multi_latency(self.forwards))
+            return sum(num for call in forwards for _req, num in call)
+        return int(multi_latency(forwards))
 
 
 def multi_latency(calls: Sequence[Sequence[tuple[GenerationRequest | None, float]]]) -> float:
     """PaDeLLM_Multi latency from serially timed plan calls: the slowest branch.
 
-    Any per-request cost composes the same way (``TimingLLM.forwards``: forward passes).
+    Any per-request cost composes the same way (``TimingLLM.costs("forwards")``).
 
     ``calls[0]`` are the count requests (one per label); ``calls[1]``, when present, the
     mention requests. A mention belongs to the label whose count prompt starts its prompt
@@ -362,7 +369,7 @@ def _job(
         _reset_prefix_cache(ex.llm)
         proxy.reset()
         out = timed.extract(text, labels=labels, lang=lang)
-        seconds = multi_latency(proxy.calls) if serial else proxy.total_seconds
+        seconds = multi_latency(proxy.costs("seconds")) if serial else proxy.total_seconds
         if ex.method == PADELLM_BATCH:
             steps = out.critical_path_steps if serial else out.critical_path_steps_batch
         else:
