@@ -303,12 +303,12 @@ def test_fit_total_steps_only_shortens() -> None:
 def test_fit_schedule_decays_the_lr_inside_the_time_limit(
     tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
 ) -> None:
-    """2,000 planned steps cannot run in 3 s: the fitted run ends on its own shortened
+    """2,000 planned steps cannot run in 6 s: the fitted run ends on its own shortened
     schedule with the LR near 0, where a plain --max-minutes cut stops near the peak LR;
     a resume keeps the fitted schedule instead of re-planning 2,000 steps."""
     units = _units(examples, codec)
     cfg = dict(
-        max_steps=2000, epochs=10_000, max_minutes=0.05, warmup=0.0, log_every=1, save_every=1000,
+        max_steps=2000, epochs=10_000, max_minutes=0.1, warmup=0.0, log_every=1, save_every=1000,
         lr=1e-3,
     )
     fitted = Trainer(_config(tmp_path / "fit", tiny_base, fit_schedule=True, **cfg)).train(units)

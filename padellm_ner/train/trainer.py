@@ -127,6 +127,28 @@ def fit_total_steps(step: int, total: int, s_per_step: float, left_s: float) -> 
     return max(step + 1, min(total, fits))
 
 
+@dataclass
+class _ScheduleFitter:
+    """Times this run's steps after its first and says when the planned schedule would
+    outlast ``--max-minutes`` (``fit_schedule``)."""
+
+    limit_s: float
+    t0: float
+    probe: tuple[int, float] | None = None  # (steps done, time) after this run's first step
+
+    def shorter(self, done: int, total: int) -> tuple[int, float] | None:
+        """A fitted total below ``total`` and the step time it rests on, or None."""
+        now = time.perf_counter()
+        if self.probe is None:
+            self.probe = (done, now)
+            return None
+        if done - self.probe[0] < FIT_PROBE_STEPS:
+            return None
+        s_per_step = (now - self.probe[1]) / (done - self.probe[0])
+        fitted = fit_total_steps(done, total, s_per_step, self.limit_s - (now - self.t0))
+        return (fitted, s_per_step) if fitted < total else None
+
+
 def latest_checkpoint(out: str | Path) -> Path | None:
     """The highest ``step-N`` under ``<out>/checkpoints`` that holds a complete state."""
     root = Path(out) / "checkpoints"
@@ -397,7 +419,11 @@ class Trainer:
         raw_tokens_this_run = 0
         saved_at = step
         skipped = 0
-        probe: tuple[int, float] | None = None  # (steps done, time) after this run's first step
+        fitter = (
+            _ScheduleFitter(cfg.max_minutes * 60, t0)
+            if cfg.fit_schedule and cfg.max_minutes is not None
+            else None
+        )
         bar = tqdm(
             total=total,
             initial=step,
@@ -429,27 +455,21 @@ class Trainer:
                 # NOTE: one NaN step would poison the weights for good; drop it, say so.
                 skipped += 1
                 logger.warning("step %d: gradient norm %s; optimizer step skipped", step, grad_norm)
-            if cfg.fit_schedule and cfg.max_minutes is not None:
-                now, done = time.perf_counter(), step + 1
-                if probe is None:
-                    probe = (done, now)
-                elif done - probe[0] >= FIT_PROBE_STEPS:
-                    s_per_step = (now - probe[1]) / (done - probe[0])
-                    left_s = cfg.max_minutes * 60 - (now - t0)
-                    fitted = fit_total_steps(done, total, s_per_step, left_s)
-                    if fitted < total:
-                        if total == planned:
-                            msg = (
-                                f"fit schedule: {planned} steps at {s_per_step:.2f} s/step "
-                                f"outlast --max-minutes {cfg.max_minutes:g}; the LR now decays "
-                                f"to 0 by step {fitted} ({fitted / steps_per_epoch:.2f} epochs)"
-                            )
-                            logger.warning(msg)
-                            bar.write(msg, file=sys.stderr)
-                        total = fitted  # NOTE: the scheduler's lambda reads it
-                        if done < warmup_steps:
-                            warmup_steps = max(done, int(round(cfg.warmup * total)))
-                        bar.total = total
+            fit = fitter.shorter(step + 1, total) if fitter is not None else None
+            if fit is not None:
+                fitted, s_per_step = fit
+                if total == planned:
+                    msg = (
+                        f"fit schedule: {planned} steps at {s_per_step:.2f} s/step "
+                        f"outlast --max-minutes {cfg.max_minutes:g}; the LR now decays "
+                        f"to 0 by step {fitted} ({fitted / steps_per_epoch:.2f} epochs)"
+                    )
+                    logger.warning(msg)
+                    bar.write(msg, file=sys.stderr)
+                total = fitted  # NOTE: the scheduler's lambda reads it
+                if step + 1 < warmup_steps:
+                    warmup_steps = max(step + 1, int(round(cfg.warmup * total)))
+                bar.total = total
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step, pos = step + 1, pos + 1
