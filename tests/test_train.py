@@ -499,3 +499,18 @@ def test_model_card_counts_repeated_sentences_once_and_passes_in_full() -> None:
     card = model_card(meta, "padellm-ner train X")
     assert "100 of 400 in the train split (25.0%); 100 sentence passes in all (0.25 epochs)" in card
     assert "`<|im_end|>`" in card and "(SmolLM2-135M-Instruct)" in card
+
+
+def test_model_card_limits_name_the_papers_result_for_the_dataset_trained() -> None:
+    from padellm_ner.train.cli import model_card
+
+    def card(dataset: str) -> str:
+        meta = {"base": "gemma3-270m", "format": "padellm", "dataset": dataset, "train": {
+            "sentences": {dataset: 10}, "sentences_available": {dataset: 10}}}
+        return model_card(meta, "padellm-ner train X")
+
+    weibo = card("weibo")
+    assert "weibo F1 67.36" in weibo and "F1 >= 90" not in weibo
+    assert "--dataset weibo --base gemma3-270m" in weibo
+    assert "conll2003 F1 92.52" in card("conll2003") and "F1 >= 90" in card("conll2003")
+    assert "paper" not in card("/data/own").split("## Limits")[1]  # no paper figure to cite
