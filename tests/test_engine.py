@@ -213,6 +213,9 @@ def test_pack_trees_fills_rows_without_widening_them() -> None:
     for t, place in enumerate(places):
         rows.setdefault(place.row, []).append(t)
     assert len(rows) < len(trees)
+    # rows in the order of their first tree: unpacked trees keep their arrival order
+    firsts = [min(rows[r]) for r in sorted(rows)]
+    assert firsts == sorted(firsts)
     for members in rows.values():
         assert sum(trees[t].num_new for t in members) <= width_n
         assert sum(len(trees[t].head) for t in members) <= width_p

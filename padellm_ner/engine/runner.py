@@ -238,7 +238,7 @@ class ModelRunner:
                 segment[place.row, col : col + len(toks)] = seg
                 block[place.row, col : col + len(toks)] = t
                 if seg:
-                    where[tree.rows[seg - 1]] = (t, col + len(toks) - 1)
+                    where[tree.requests[seg - 1]] = (t, col + len(toks) - 1)
                 else:
                     pos += len(toks)
                 col += len(toks)
@@ -271,23 +271,24 @@ class ModelRunner:
         return new_cache, new_mask, lengths, first_tok
 
     def _plan_trees(self, prompts: list[tuple[int, ...]]) -> list[_Tree]:
-        """Forward rows for ``prompts``: one per prefix group, one per prompt sharing nothing."""
+        """Prefill trees for ``prompts``: one per prefix group (one per prompt when the
+        group's prefix is all cached), one per prompt sharing nothing."""
         trees: list[_Tree] = []
-        for rows, length in prefix_groups(prompts, self.min_shared_prefix):
+        for members, length in prefix_groups(prompts, self.min_shared_prefix):
             if length:
-                prefix = prompts[rows[0]][:length]
+                prefix = prompts[members[0]][:length]
                 head = self._cached_head(prefix, length)
                 if head:
                     self._count_hit(head)
-                self.stats.num_prompt_tokens_shared += length * len(rows)
-                tails = [prompts[i][length:] for i in rows]
+                self.stats.num_prompt_tokens_shared += length * len(members)
+                tails = [prompts[i][length:] for i in members]
                 if head == prefix:
                     # NOTE: nothing to compute once: side by side, each on the cached head
-                    trees += [_Tree([i], head, (), [tail], None) for i, tail in zip(rows, tails)]
+                    trees += [_Tree([i], head, (), [tail], None) for i, tail in zip(members, tails)]
                 else:
-                    trees.append(_Tree(rows, head, prefix[len(head) :], tails, prefix))
+                    trees.append(_Tree(members, head, prefix[len(head) :], tails, prefix))
                 continue
-            for i in rows:
+            for i in members:
                 # NOTE: a prompt without a partner this step may still extend a cached
                 # prefix (PaDeLLM: a sentence's only mention request after its counts)
                 hit = self._cached_head(prompts[i], longest=len(prompts[i]) - 1)
@@ -308,18 +309,21 @@ class ModelRunner:
         for t in sorted(range(len(trees)), key=lambda t: places[t].head_at):
             if trees[t].head:
                 by_row[places[t].row].append(t)
+        used = [sum(len(trees[t].head) for t in row) for row in by_row]
         like = self._prefixes[next(t.head for t in trees if t.head)]
-        for layer, (k0, v0) in enumerate(like):
-            keys, values = [], []
-            for row in by_row:
-                used = sum(len(trees[t].head) for t in row)
-                keys.append(torch.cat(
-                    [k0.new_zeros((1, k0.shape[1], width - used, k0.shape[3]))]
-                    + [self._prefixes[trees[t].head][layer][0] for t in row], dim=2))
-                values.append(torch.cat(
-                    [v0.new_zeros((1, v0.shape[1], width - used, v0.shape[3]))]
-                    + [self._prefixes[trees[t].head][layer][1] for t in row], dim=2))
-            cache.update(torch.cat(keys), torch.cat(values), layer)
+        for layer in range(len(like)):
+            kv = []
+            for kind in (0, 1):  # keys, values
+                first = like[layer][kind]
+                kv.append(torch.cat([
+                    torch.cat(
+                        [first.new_zeros((1, first.shape[1], width - used[r], first.shape[3]))]
+                        + [self._prefixes[trees[t].head][layer][kind] for t in row],
+                        dim=2,
+                    )
+                    for r, row in enumerate(by_row)
+                ]))  # fmt: skip
+            cache.update(kv[0], kv[1], layer)
 
     def _gather_rows(
         self,
@@ -336,7 +340,7 @@ class ModelRunner:
         rows = torch.zeros((len(prompts), longest), dtype=torch.long)
         cols = torch.zeros((len(prompts), longest), dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-        tail_of = {i: tail for tree in trees for i, tail in zip(tree.rows, tree.tails)}
+        tail_of = {i: tail for tree in trees for i, tail in zip(tree.requests, tree.tails)}
         for i, (t, last) in enumerate(where):
             tree, place = trees[t], places[t]
             head = torch.arange(place.head_at, place.head_at + len(tree.head))
@@ -432,13 +436,14 @@ class ModelRunner:
 
 @dataclass
 class _Tree:
-    """One forward row of a prefill: ``head`` (cached KV), ``trunk``, one tail per request.
+    """Prompts prefilled as one tree: ``head`` (cached KV), ``trunk``, one tail per request.
 
-    ``rows`` are the requests' indices, in tail order; ``prefix`` (head + trunk) is the
-    key the trunk's KV is cached under, None for a prompt that shares nothing.
+    ``requests`` are the requests' indices, in tail order; ``prefix`` (head + trunk) is the
+    key the trunk's KV is cached under, None for a prompt that shares nothing. Trees are
+    packed into forward rows by ``pack_trees``.
     """
 
-    rows: list[int]
+    requests: list[int]
     head: tuple[int, ...]
     trunk: tuple[int, ...]
     tails: list[tuple[int, ...]]
@@ -485,8 +490,11 @@ def pack_trees(trees: list[_Tree]) -> tuple[list[_Place], int, int]:
             used.append((need_p, need_n))
     width_p = max(p for p, _n in used)
     width_n = max(n for _p, n in used)
+    # NOTE: rows in the order of their first tree, so that unpacked trees keep arrival
+    # order and the prefill's no-gather path needs no reorder copy of the cache
+    placed = sorted(zip(rows, used), key=lambda row: min(row[0]))
     places: list[_Place | None] = [None] * len(trees)
-    for r, (members, (p, n)) in enumerate(zip(rows, used)):
+    for r, (members, (p, n)) in enumerate(placed):
         head_at, new_at = width_p - p, width_n - n
         for t in members:
             places[t] = _Place(r, head_at, new_at)
