@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from padellm_ensemble.validation import ErrorCode
 from padellm_ner.llm import GenerationRequest
 
 __all__ = ["LLMWireRequest", "LLMWireError", "parse_llm_request", "llm_output_tensors", "InflightLLMServer"]
@@ -173,7 +174,8 @@ class InflightLLMServer:
                     self._active.pop(out.req_id, None)
                 if reason.startswith("invalid"):
                     # NOTE: the code prefix makes it INVALID_ARGUMENT on the wire
-                    state.send(None, True, f"[INVALID_ARGUMENT] {reason.removeprefix('invalid: ')}")
+                    message = reason.removeprefix("invalid: ")
+                    state.send(None, True, ErrorCode.INVALID_ARGUMENT.prefix + message)
                 elif failed:
                     state.send(None, True, f"engine {reason}")
                 else:

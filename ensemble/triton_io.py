@@ -49,8 +49,7 @@ def input_getter(request) -> Callable[[str], np.ndarray | None]:
 
 def error_response(message: str, code: ErrorCode) -> pb_utils.InferenceResponse:
     """An error response whose message carries the code prefix (gRPC streams drop the code)."""
-    prefix = f"[{code.value}] "
-    text = message if message.startswith(prefix) else prefix + message
+    text = message if message.startswith(code.prefix) else code.prefix + message
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(text, _CODES[code]))
 
 
@@ -122,7 +121,7 @@ def llm_send(sender) -> Callable[[Mapping[str, np.ndarray] | None, bool, str | N
     def send(outputs: Mapping[str, np.ndarray] | None, final: bool, error: str | None = None) -> None:
         flags = FINAL if final else 0
         if error is not None:
-            invalid = error.startswith(f"[{ErrorCode.INVALID_ARGUMENT.value}] ")
+            invalid = error.startswith(ErrorCode.INVALID_ARGUMENT.prefix)
             code = ErrorCode.INVALID_ARGUMENT if invalid else ErrorCode.INTERNAL
             sender.send(error_response(error, code), flags=flags)
         elif outputs is None:

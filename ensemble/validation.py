@@ -39,6 +39,11 @@ class ErrorCode(str, Enum):
     UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
+    @property
+    def prefix(self) -> str:
+        """How an error message on the wire starts: ``[CODE] ``."""
+        return f"[{self.value}] "
+
 
 class PadellmServingError(Exception):
     """An error the orchestrator reports to the caller with a code prefix."""
@@ -47,7 +52,7 @@ class PadellmServingError(Exception):
 
     @property
     def wire_message(self) -> str:
-        return f"[{self.code.value}] {self}"
+        return f"{self.code.prefix}{self}"
 
 
 class RequestValidationError(PadellmServingError, ValueError):
@@ -67,7 +72,7 @@ class UpstreamError(PadellmServingError):
 def upstream_code(message: str) -> ErrorCode:
     """The code of an LLM model's error message: UNAVAILABLE when it is missing or down,
     INVALID_ARGUMENT when it refused the request (a text too long for the model)."""
-    if f"[{ErrorCode.INVALID_ARGUMENT.value}]" in message:
+    if ErrorCode.INVALID_ARGUMENT.prefix in message:
         return ErrorCode.INVALID_ARGUMENT
     lowered = message.lower()
     if any(s in lowered for s in ("unavailable", "not ready", "not found", "unknown model", "connect")):
