@@ -162,8 +162,9 @@ def test_tree_prefill_mask_keeps_tails_apart_and_is_never_empty() -> None:
     # prompt of 3 tokens (a tail without a trunk), left-padded by 2
     segment = torch.tensor([[0, 0, 1, 2, 2], [-1, -1, 1, 1, 1]])
     block = torch.tensor([[0, 0, 0, 0, 0], [-1, -1, 1, 1, 1]])
-    past_block = torch.tensor([[0, 0], [-1, -1]])
-    mask = tree_prefill_mask(segment, block, past_block)
+    new_head = torch.tensor([[0, 0, 0, 0, 0], [-1, -1, -1, -1, -1]])
+    past_head = torch.tensor([[0, 0], [-1, -1]])
+    mask = tree_prefill_mask(segment, block, new_head, past_head)
     assert mask.shape == (2, 1, 5, 7) and mask.dtype == torch.bool
     t, f = True, False
     assert mask[0, 0].tolist() == [
@@ -177,7 +178,7 @@ def test_tree_prefill_mask_keeps_tails_apart_and_is_never_empty() -> None:
     assert mask[1, 0, 4].tolist() == [f, f, f, f, t, t, t]
     assert mask[1, 0, 0].all() and mask[1, 0, 1].all()  # pads: every key, never none
     # built where its inputs live (a CPU helper tensor beside CUDA ones would raise)
-    on_meta = tree_prefill_mask(segment.to("meta"), block.to("meta"), past_block.to("meta"))
+    on_meta = tree_prefill_mask(*(x.to("meta") for x in (segment, block, new_head, past_head)))
     assert on_meta.device.type == "meta"
 
 
@@ -190,13 +191,31 @@ def test_trees_packed_in_one_row_never_see_each_other() -> None:
     # [tree 1: tail 2] (a tail without a trunk)
     segment = torch.tensor([[0, 1, 1, 1]])
     block = torch.tensor([[0, 0, 1, 1]])
-    past_block = torch.tensor([[-1, 0, 1, 1]])
+    past_head = torch.tensor([[-1, 0, 1, 1]])
     t, f = True, False
-    assert tree_prefill_mask(segment, block, past_block)[0, 0].tolist() == [
+    assert tree_prefill_mask(segment, block, block, past_head)[0, 0].tolist() == [
         [f, t, f, f, t, f, f, f],  # tree 0 trunk: its head, itself
         [f, t, f, f, t, t, f, f],  # tree 0 tail
         [f, f, t, t, f, f, t, f],  # tree 1: its head, never tree 0
         [f, f, t, t, f, f, t, t],
+    ]
+
+
+def test_trees_on_one_head_share_it_and_nothing_else() -> None:
+    """Two trees of a row on the same cached head (one sentence's mention prompts) see
+    the head's columns, stored once, and never each other."""
+    from padellm_ner.engine.runner import tree_prefill_mask
+
+    # past: [pad][head 0: 2]; new: [tree 0: tail 2][tree 1: tail 1], both on head 0
+    segment = torch.tensor([[1, 1, 1]])
+    block = torch.tensor([[0, 0, 1]])
+    new_head = torch.tensor([[0, 0, 0]])
+    past_head = torch.tensor([[-1, 0, 0]])
+    t, f = True, False
+    assert tree_prefill_mask(segment, block, new_head, past_head)[0, 0].tolist() == [
+        [f, t, t, t, f, f],
+        [f, t, t, t, t, f],
+        [f, t, t, f, f, t],  # tree 1: the shared head and itself, not tree 0's tail
     ]
 
 
@@ -216,15 +235,44 @@ def test_pack_trees_fills_rows_without_widening_them() -> None:
     # rows in the order of their first tree: unpacked trees keep their arrival order
     firsts = [min(rows[r]) for r in sorted(rows)]
     assert firsts == sorted(firsts)
+    _assert_packed(trees, places, width_p, width_n)
+    # the two trees on the same head share one row and its columns
+    assert places[4].row == places[5].row and places[4].head_at == places[5].head_at
+
+
+def test_pack_trees_puts_narrow_trees_on_cached_heads_beside_a_wide_one() -> None:
+    """Served: one sentence's count prompts (a wide tree, no head) arrive with other
+    sentences' mention prompts (narrow trees on cached heads). The narrow ones share rows
+    up to the wide tree's width, their heads side by side in the past columns, instead of
+    a row each padded to the wide tree's width."""
+    from padellm_ner.engine.runner import _Tree, pack_trees
+
+    def tree(head: tuple[int, ...], new: int) -> _Tree:
+        return _Tree([0], head, (), [tuple(range(new))], None)
+
+    a, b, c = tuple(range(30)), tuple(range(100, 125)), tuple(range(200, 240))
+    trees = [tree((), 80), tree(a, 15), tree(a, 14), tree(b, 15), tree(c, 14), tree(c, 16)]
+    places, width_p, width_n = pack_trees(trees)
+    assert width_n == 80
+    assert len({p.row for p in places}) == 2  # the wide tree's row, and one for the rest
+    assert width_p == len(a) + len(b) + len(c)  # each head once
+    _assert_packed(trees, places, width_p, width_n)
+
+
+def _assert_packed(trees, places, width_p: int, width_n: int) -> None:
+    rows: dict[int, list[int]] = {}
+    for t, place in enumerate(places):
+        rows.setdefault(place.row, []).append(t)
     for members in rows.values():
         assert sum(trees[t].num_new for t in members) <= width_n
-        assert sum(len(trees[t].head) for t in members) <= width_p
         spans = sorted((places[t].new_at, places[t].new_at + trees[t].num_new) for t in members)
         assert spans[-1][1] == width_n  # right-aligned
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no overlap
-        heads = sorted((places[t].head_at, places[t].head_at + len(trees[t].head)) for t in members if trees[t].head)
-        assert all(a[1] <= b[0] for a, b in zip(heads, heads[1:]))
-        assert all(end <= width_p for _start, end in heads)
+        heads = sorted({(places[t].head_at, trees[t].head) for t in members if trees[t].head})
+        assert len({h for _at, h in heads}) == len(heads)  # a head once per row
+        spans = [(at, at + len(h)) for at, h in heads]
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # side by side
+        assert not spans or spans[-1][1] == width_p  # right-aligned
 
 
 def test_prefix_groups() -> None:
@@ -259,6 +307,37 @@ def test_prefix_reuse_keeps_rows_apart() -> None:
         got = TorchLLM(core).generate(reqs)
         assert [r.token_ids for r in got] == expected, f"phase {n}"
     assert core.stats.num_prefix_cache_hits > 0 and core.stats.num_prompt_tokens_shared > 0
+
+
+def test_served_mixed_arrivals_pack_onto_cached_heads_and_decode_as_alone() -> None:
+    """Served, one step admits a sentence's count prompts (a wide tree) beside earlier
+    sentences' mention prompts (narrow trees on their cached heads, two on one). They
+    share rows (heads side by side in the past columns, a head once per row) instead of a
+    row each padded to the wide tree, and every row decodes as its prompt alone."""
+    codec = smollm2_codec()
+
+    def counts_of(text: str) -> list[tuple[int, ...]]:
+        return [tuple(codec.encode(ENGLISH.count_prompt(text, label))) for label in LABELS]
+
+    earlier = [counts_of(text) for text in (SENTENCES[0], SENTENCES[2], SENTENCES[3])]
+    mention = tuple(codec.encode(ENGLISH.mention_prefix(1, 1)))
+    # two labels of one sentence (one head), and one label each of two more sentences
+    mentions = [earlier[0][0] + mention, earlier[0][1] + mention]
+    mentions += [earlier[1][2] + mention, earlier[2][0] + mention]
+    core = _fresh_core(max_batch_size=64)
+    llm = TorchLLM(core)
+    llm.generate([GenerationRequest(c, 3, ()) for counts in earlier for c in counts])
+    mixed = counts_of(SENTENCES[1]) + mentions
+    reqs = [GenerationRequest(p, 3 + i % 3, ()) for i, p in enumerate(mixed)]
+    before = core.stats.snapshot()
+    got = llm.generate(reqs)
+    solo = TorchLLM(_fresh_core(max_batch_size=1, min_shared_prefix=0))
+    assert [r.token_ids for r in got] == [solo.generate([r])[0].token_ids for r in reqs]
+    computed = core.stats.num_prompt_tokens_computed - before.num_prompt_tokens_computed
+    slots = core.stats.num_prefill_slots - before.num_prefill_slots
+    assert core.stats.num_prefix_cache_hits > before.num_prefix_cache_hits
+    # the four narrow trees fit the count tree's width: two rows (a row per head: four)
+    assert slots < 1.5 * computed, (slots, computed)
 
 
 def test_a_prompt_alone_extends_a_cached_prefix() -> None:

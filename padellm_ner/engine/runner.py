@@ -226,12 +226,18 @@ class ModelRunner:
         positions = torch.zeros((num_rows, width_n), dtype=torch.long)
         segment = torch.full((num_rows, width_n), -1, dtype=torch.long)  # -1 pad, 0 trunk
         block = torch.full((num_rows, width_n), -1, dtype=torch.long)  # -1 pad, else tree
-        past_block = torch.full((num_rows, width_p), -1, dtype=torch.long)
+        new_head = torch.full((num_rows, width_n), -1, dtype=torch.long)  # its tree's head
+        past_head = torch.full((num_rows, width_p), -1, dtype=torch.long)  # -1 pad, else head
+        head_ids: dict[tuple[int, int], int] = {}  # (row, head_at) -> head id
         # per request: its tree and its tail's last column
         where: list[tuple[int, int]] = [(0, 0)] * len(reqs)
         for t, (tree, place) in enumerate(zip(trees, places)):
-            past_block[place.row, place.head_at : place.head_at + len(tree.head)] = t
             col, pos = place.new_at, len(tree.head)
+            if tree.head:
+                # NOTE: trees of a row on the same head share its columns (pack_trees)
+                head = head_ids.setdefault((place.row, place.head_at), len(head_ids))
+                past_head[place.row, place.head_at : place.head_at + len(tree.head)] = head
+                new_head[place.row, col : col + tree.num_new] = head
             for seg, toks in enumerate((tree.trunk, *tree.tails)):
                 ids[place.row, col : col + len(toks)] = torch.tensor(toks, dtype=torch.long)
                 positions[place.row, col : col + len(toks)] = torch.arange(pos, pos + len(toks))
@@ -245,8 +251,9 @@ class ModelRunner:
         cache = DynamicCache()
         if width_p:
             self._load_heads(cache, trees, places, num_rows, width_p)
-        segment, block = segment.to(self.device), block.to(self.device)
-        mask = tree_prefill_mask(segment, block, past_block.to(self.device))
+        mask = tree_prefill_mask(
+            *(x.to(self.device) for x in (segment, block, new_head, past_head))
+        )
         order = [places[t].row for t, _last in where]
         rows_t = torch.tensor(order, device=self.device)
         cols_t = torch.tensor([last for _t, last in where], device=self.device)
@@ -263,7 +270,7 @@ class ModelRunner:
             # a reorder would be left to do
             if order != sorted(order):
                 cache.batch_select_indices(rows_t)
-            new_cache, new_mask = cache, (segment >= 0).long()[rows_t]
+            new_cache, new_mask = cache, (segment >= 0).long().to(self.device)[rows_t]
         else:
             new_cache, new_mask = self._gather_rows(cache, trees, places, where, width_p, prompts)
             self._store_prefixes(cache, trees, places, width_p)
@@ -304,12 +311,14 @@ class ModelRunner:
         self, cache: DynamicCache, trees: list[_Tree], places: list[_Place], num_rows: int, width: int
     ) -> None:
         """Put each row's cached heads, side by side and left-padded to ``width``, into
-        ``cache`` as its past (``_Place.head_at`` says where each tree's head sits)."""
-        by_row: list[list[int]] = [[] for _ in range(num_rows)]
-        for t in sorted(range(len(trees)), key=lambda t: places[t].head_at):
-            if trees[t].head:
-                by_row[places[t].row].append(t)
-        used = [sum(len(trees[t].head) for t in row) for row in by_row]
+        ``cache`` as its past (``_Place.head_at`` says where each tree's head sits; trees of
+        a row on the same head share it)."""
+        by_row: list[dict[int, tuple[int, ...]]] = [{} for _ in range(num_rows)]
+        for tree, place in zip(trees, places):
+            if tree.head:
+                by_row[place.row][place.head_at] = tree.head
+        rows = [[row[at] for at in sorted(row)] for row in by_row]
+        used = [sum(len(head) for head in row) for row in rows]
         like = self._prefixes[next(t.head for t in trees if t.head)]
         for layer in range(len(like)):
             kv = []
@@ -318,10 +327,10 @@ class ModelRunner:
                 kv.append(torch.cat([
                     torch.cat(
                         [first.new_zeros((1, first.shape[1], width - used[r], first.shape[3]))]
-                        + [self._prefixes[trees[t].head][layer][kind] for t in row],
+                        + [self._prefixes[head][layer][kind] for head in row],
                         dim=2,
                     )
-                    for r, row in enumerate(by_row)
+                    for r, row in enumerate(rows)
                 ]))  # fmt: skip
             cache.update(kv[0], kv[1], layer)
 
@@ -467,59 +476,72 @@ class _Place:
 def pack_trees(trees: list[_Tree]) -> tuple[list[_Place], int, int]:
     """Pack trees side by side into forward rows no wider than the widest tree.
 
-    First fit, longest first, in both regions at once: a row's new columns (trunks and
-    tails) and its past columns (cached heads) each stay within the widest tree's and
-    the longest head's, so packing only removes padding and never widens the attention.
-    On a CPU a forward costs about in proportion to its columns, pads included. Each row
-    is right-aligned (pads on the left), as decode rows are. Returns each tree's place,
-    the past width and the new width.
+    First fit, longest first, over the new columns (trunks and tails): a row's new columns
+    stay within the widest tree's, so packing only removes padding where the forward's
+    work is. A row's past columns hold the cached heads of its trees, each head once (a
+    tree goes to a row already holding its head when one has room), so a row may hold
+    more past columns than the longest head: past columns cost only attention, a new
+    column (pad or not) costs the whole model, and on a CPU a forward costs about in
+    proportion to its new columns. Served, a sentence's count prompts (one wide tree)
+    arrive beside other sentences' mention prompts (narrow trees on cached heads): those
+    fill the wide tree's row width instead of a row each. Each row is right-aligned (pads
+    on the left), as decode rows are. Returns each tree's place, the past width and the
+    new width.
     """
-    cap_p = max(len(t.head) for t in trees)
     cap_n = max(t.num_new for t in trees)
     rows: list[list[int]] = []  # tree indices per row, in column order
-    used: list[tuple[int, int]] = []  # (past, new) columns taken per row
+    used: list[int] = []  # new columns taken per row
+    heads: list[dict[tuple[int, ...], None]] = []  # distinct heads per row, in column order
     for t in sorted(range(len(trees)), key=lambda t: (-trees[t].num_new, -len(trees[t].head), t)):
-        need_p, need_n = len(trees[t].head), trees[t].num_new
-        for r, (p, n) in enumerate(used):
-            if p + need_p <= cap_p and n + need_n <= cap_n:
-                rows[r].append(t)
-                used[r] = (p + need_p, n + need_n)
-                break
-        else:
-            rows.append([t])
-            used.append((need_p, need_n))
-    width_p = max(p for p, _n in used)
-    width_n = max(n for _p, n in used)
+        need, head = trees[t].num_new, trees[t].head
+        fits = [r for r, n in enumerate(used) if n + need <= cap_n]
+        r = next((r for r in fits if head and head in heads[r]), fits[0] if fits else None)
+        if r is None:
+            r = len(rows)
+            rows.append([])
+            used.append(0)
+            heads.append({})
+        rows[r].append(t)
+        used[r] += need
+        if head:
+            heads[r][head] = None
+    past = [sum(len(h) for h in row) for row in heads]
+    width_p, width_n = max(past), max(used)
     # NOTE: rows in the order of their first tree, so that unpacked trees keep arrival
     # order and the prefill's no-gather path needs no reorder copy of the cache
-    placed = sorted(zip(rows, used), key=lambda row: min(row[0]))
+    placed = sorted(range(len(rows)), key=lambda r: min(rows[r]))
     places: list[_Place | None] = [None] * len(trees)
-    for r, (members, (p, n)) in enumerate(placed):
-        head_at, new_at = width_p - p, width_n - n
-        for t in members:
-            places[t] = _Place(r, head_at, new_at)
-            head_at += len(trees[t].head)
+    for out_row, r in enumerate(placed):
+        head_at, at = {}, width_p - past[r]
+        for head in heads[r]:
+            head_at[head] = at
+            at += len(head)
+        new_at = width_n - used[r]
+        for t in rows[r]:
+            places[t] = _Place(out_row, head_at.get(trees[t].head, width_p), new_at)
             new_at += trees[t].num_new
     return places, width_p, width_n  # type: ignore[return-value]
 
 
 def tree_prefill_mask(
-    segment: torch.Tensor, block: torch.Tensor, past_block: torch.Tensor
+    segment: torch.Tensor, block: torch.Tensor, new_head: torch.Tensor, past_head: torch.Tensor
 ) -> torch.Tensor:
     """The 4-D boolean mask of a tree prefill ([rows, 1, new, past + new]).
 
     ``segment`` ([rows, new]) tags each new column -1 (pad), 0 (trunk) or j (tail j) of
     its tree; ``block`` ([rows, new]) says which tree a new column belongs to and
-    ``past_block`` ([rows, past]) which tree a cached head column belongs to (-1: pad).
+    ``new_head`` ([rows, new]) which cached head that tree sits on (-1: none);
+    ``past_head`` ([rows, past]) says which head a past column belongs to (-1: pad).
     A column sees its own tree's head, trunk and its own tail up to itself: a tail never
-    sees a sibling, a tree never sees another tree packed in its row, and nothing sees
-    padding. A query that would see no key at all (a pad) sees every key instead: a
+    sees a sibling, a tree never sees another tree packed in its row (only the head two
+    trees share), and nothing sees padding. A query that would see no key at all (a pad)
+    sees every key instead: a
     fused attention kernel may answer such a row with NaN (cuDNN's on Hopper in bf16 is
     reported to), and the cache would carry it on; its output is never used.
     """
     new = segment.shape[1]
     device = segment.device
-    head = (past_block[:, None, :] >= 0) & (past_block[:, None, :] == block[:, :, None])
+    head = (past_head[:, None, :] >= 0) & (past_head[:, None, :] == new_head[:, :, None])
     seg_q, seg_k = segment[:, :, None], segment[:, None, :]
     causal = torch.ones((new, new), dtype=torch.bool, device=device).tril()
     same = block[:, :, None] == block[:, None, :]
