@@ -145,14 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-new-tokens", type=int, default=160, help="token limit of the baselines' one sequence")
     b.add_argument("--warmup", type=int, default=1, help="untimed passes before measuring")
     b.add_argument("--name", help="file name stem of the outputs (default: from dataset, split, N, device)")
-    b = bsub.add_parser("load", help="throughput and latency percentiles against a server")
-    b.add_argument("--server", required=True)
+    b = bsub.add_parser("load", help="throughput and latency percentiles, served or in process")
+    where = b.add_mutually_exclusive_group(required=True)
+    where.add_argument("--server", help="a loopback server at host:port (gRPC)")
+    where.add_argument("--model", help="in process instead: this model's engine and plan under the "
+                                       "same concurrency, no Triton (what serving adds is the difference)")
+    b.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N or auto")
+    b.add_argument("--dtype", default="auto", help="--model: float32, bfloat16, float16 or auto")
+    b.add_argument("--batch-window-us", type=float, default=5000,
+                   help="--model: when idle, wait this long for more requests before a step (as served)")
     b.add_argument("--dataset", default="conll2003")
     b.add_argument("--limit", type=int, default=200)
     b.add_argument("--concurrency", default="1,4,16,64")
     b.add_argument("--duration", type=float, default=20.0)
     b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
-    b.add_argument("--label", help="name of this run's row and files (default: --model-name)")
+    b.add_argument("--label", help="name of this run's row and files (default: --model-name, "
+                                   "or 'in-process' with --model)")
     b.add_argument("--out", default="docs/benchmarks")
     b = bsub.add_parser(
         "campaign",

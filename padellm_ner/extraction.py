@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from padellm_ner.baseline_plan import BaselinePlan, run_baselines
+from padellm_ner.baseline_plan import BaselinePlan, arun_baseline, run_baselines
 from padellm_ner.codec import PromptCodec
 from padellm_ner.engine import TorchLLM
 from padellm_ner.errors import InvalidInputError
-from padellm_ner.llm import LLM
+from padellm_ner.llm import LLM, AsyncLLM
 from padellm_ner.model_info import ModelInfo, detect_lang, read_model_info, retag
-from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, run_plans
+from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, arun_plan, run_plans
 from padellm_ner.types import Entity
 
 __all__ = ["ModelInfo", "ExtractionOutput", "Extractor", "read_model_info", "detect_lang"]
@@ -112,6 +112,37 @@ class Extractor:
         For offline work (``evaluate``): per sentence the result is ``extract``'s, since
         decoding is greedy; the engine reads the weights once per step for all of them.
         """
+        labels, langs = self._check(texts, labels, langs)
+        if self.method == "padellm":
+            plans, tag_of = self._padellm_plans(texts, labels, langs)
+            found = run_plans(plans, self.llm)
+            return [self._padellm_output(p, f, tag_of) for p, f in zip(plans, found)]
+        plans = self._baseline_plans(texts, labels, langs)
+        return [_baseline_output(p, f) for p, f in zip(plans, run_baselines(plans, self.llm))]
+
+    async def aextract(
+        self,
+        text: str,
+        llm: AsyncLLM,
+        labels: Sequence[str] | None = None,
+        lang: str | None = None,
+    ) -> ExtractionOutput:
+        """``extract`` over an ``AsyncLLM``, one coroutine per request as the orchestrator
+        sends them: concurrent calls on one ``AsyncEngineLLM`` share its running batch."""
+        labels, langs = self._check([text], labels, [lang])
+        if self.method == "padellm":
+            plans, tag_of = self._padellm_plans([text], labels, langs)
+            return self._padellm_output(plans[0], await arun_plan(plans[0], llm), tag_of)
+        plan = self._baseline_plans([text], labels, langs)[0]
+        return _baseline_output(plan, await arun_baseline(plan, llm))
+
+    def _check(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[str] | None,
+        langs: Sequence[str | None] | None,
+    ) -> tuple[list[str], list[str]]:
+        """The labels (default: the model's) and each text's language, or a clear error."""
         labels = list(labels) if labels is not None else self.default_labels
         if not labels:
             raise InvalidInputError("labels is empty; name at least one entity type")
@@ -124,53 +155,48 @@ class Extractor:
             lang or (self.info.lang if self.info.trained else detect_lang(text))
             for text, lang in zip(texts, langs)
         ]
-        if self.method == "padellm":
-            return self._padellm(texts, labels, langs)
-        return self._baseline(texts, labels, langs)
+        return labels, langs
 
-    def _padellm(
+    def _padellm_plans(
         self, texts: Sequence[str], labels: list[str], langs: Sequence[str]
-    ) -> list[ExtractionOutput]:
+    ) -> tuple[list[PaDeLLMPlan], dict[str, str]]:
         words = self.info.words_for(labels)
-        tag_of = {word: tag for tag, word in words.items()}
         plans = [
             PaDeLLMPlan(text, list(words.values()), self.codec, self.plan_config, lang)
             for text, lang in zip(texts, langs)
         ]
-        outputs = []
-        for plan, found in zip(plans, run_plans(plans, self.llm)):
-            output = _output(retag(found, tag_of), plan.stats)
-            output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
-            output.count_probs = {tag_of.get(w, w): p for w, p in plan.count_probs.items()}
-            output.hedged = tuple(tag_of.get(w, w) for w in plan.labels if w in plan.hedged)
-            if self.hedge_sweep:
-                output.entities_at = {
-                    tau: retag(plan.entities(tau), tag_of) for tau in self.hedge_sweep
-                }
-            outputs.append(output)
-        return outputs
+        return plans, {word: tag for tag, word in words.items()}
 
-    def _baseline(
+    def _padellm_output(
+        self, plan: PaDeLLMPlan, found: list[Entity], tag_of: dict[str, str]
+    ) -> ExtractionOutput:
+        output = _output(retag(found, tag_of), plan.stats)
+        output.counts = {tag_of.get(w, w): n for w, n in plan.counts.items()}
+        output.count_probs = {tag_of.get(w, w): p for w, p in plan.count_probs.items()}
+        output.hedged = tuple(tag_of.get(w, w) for w in plan.labels if w in plan.hedged)
+        if self.hedge_sweep:
+            output.entities_at = {tau: retag(plan.entities(tau), tag_of) for tau in self.hedge_sweep}
+        return output
+
+    def _baseline_plans(
         self, texts: Sequence[str], labels: list[str], langs: Sequence[str]
-    ) -> list[ExtractionOutput]:
+    ) -> list[BaselinePlan]:
         words = self.info.words_for(labels)
-        plans = [
+        return [
             BaselinePlan(self.method, text, words, self.codec, lang, self.max_new_tokens)
             for text, lang in zip(texts, langs)
         ]
-        outputs = []
-        for plan, entities in zip(plans, run_baselines(plans, self.llm)):
-            steps = plan.steps
-            outputs.append(
-                ExtractionOutput(
-                    entities=entities,
-                    num_sequences=len(steps),
-                    num_generated_tokens=sum(steps),
-                    critical_path_steps=max(steps, default=0),
-                    critical_path_steps_batch=max(steps, default=0),
-                )
-            )
-        return outputs
+
+
+def _baseline_output(plan: BaselinePlan, entities: list[Entity]) -> ExtractionOutput:
+    steps = plan.steps
+    return ExtractionOutput(
+        entities=entities,
+        num_sequences=len(steps),
+        num_generated_tokens=sum(steps),
+        critical_path_steps=max(steps, default=0),
+        critical_path_steps_batch=max(steps, default=0),
+    )
 
 
 def _check_text(text: str) -> None:

@@ -260,6 +260,25 @@ def test_load_levels_with_fake_client(tmp_path: Path) -> None:
     }
 
 
+def test_bench_load_in_process_end_to_end(tiny_model: Path, tmp_path: Path) -> None:
+    """``bench load --model``: the workers call the model in process (no server), and the
+    run writes the same table, chart and JSON as a served run."""
+    out = tmp_path / "load"
+    args = ["bench", "load", "--model", str(tiny_model), "--device", "cpu", "--dtype", "float32",
+            "--concurrency", "1,3", "--duration", "0.5", "--limit", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    rows = _table_rows((out / "load_in-process.md").read_text())
+    assert [row[:2] for row in rows[2:]] == [["in-process", "1"], ["in-process", "3"]]
+    assert all(int(row[2]) > 0 and row[3] == "0" for row in rows[2:])  # answers, no errors
+    assert (out / "load_in-process.png").read_bytes()[:8] == PNG_MAGIC
+    data = json.loads((out / "load_in-process.json").read_text())
+    assert "--model" in data["command"] and "--server" not in data["command"]
+    for where in ([], ["--server", "127.0.0.1:8001", "--model", str(tiny_model)]):
+        with pytest.raises(SystemExit) as exc:  # one of the two, and only one
+            main(["bench", "load", *where, "--concurrency", "1"])
+        assert exc.value.code == 2
+
+
 def test_bench_commit_is_marked_dirty(tmp_path: Path, monkeypatch) -> None:
     """A report names the code it measured: an edited tracked file makes the commit ``-dirty``."""
     import subprocess

@@ -1,4 +1,5 @@
-"""``Extractor.extract_batch`` (what ``evaluate`` uses) answers each sentence as ``extract``.
+"""``Extractor.extract_batch`` (what ``evaluate`` uses) and ``aextract`` on concurrent
+coroutines (``bench load --model``) answer each sentence as ``extract``.
 
 Real parts: the committed default adapter on the SmolLM2 base, the real engine. Batching
 sentences only changes how many rows share an engine step; greedy decoding must give every
@@ -6,6 +7,8 @@ sentence the same entities, scores and step counts as decoding it alone.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -48,3 +51,33 @@ def test_batch_rejects_bad_input(extractor: Extractor) -> None:
         extractor.extract_batch(["Japan .", "  "])
     with pytest.raises(InvalidInputError, match="languages"):
         extractor.extract_batch(["Japan ."], langs=["en", "en"])
+
+
+@pytest.mark.parametrize("method", ["padellm", "ar_struct"])
+def test_concurrent_aextract_equals_one_at_a_time(extractor: Extractor, method: str) -> None:
+    """Sentences sent concurrently through an ``EngineLoop`` (as the orchestrator sends
+    them to the served ``llm`` model) join one running batch, with arrivals mixed across
+    phases, and each gets the entities, scores and step counts it gets alone."""
+    from padellm_ner.engine import AsyncEngineLLM, EngineLoop
+
+    extractor.method, extractor.max_new_tokens = method, 24
+    loop = EngineLoop(extractor.llm.core, batch_window_s=0.005)
+    try:
+        alone = [extractor.extract(t) for t in TEXTS]
+        before = loop.stats
+        llm = AsyncEngineLLM(loop)
+
+        async def run() -> list:
+            return await asyncio.gather(*(extractor.aextract(t, llm) for t in TEXTS))
+
+        together = asyncio.run(run())
+        after = loop.stats
+        with pytest.raises(InvalidInputError, match="empty"):
+            asyncio.run(extractor.aextract("  ", llm))
+    finally:
+        loop.shutdown()
+        extractor.method, extractor.max_new_tokens = "padellm", 160
+    assert [_key(o) for o in together] == [_key(o) for o in alone]
+    # the sentences shared engine steps: fewer prefills than requests
+    prefills = after.num_prefill_forwards - before.num_prefill_forwards
+    assert prefills < sum(o.num_sequences for o in alone)

@@ -6,7 +6,10 @@ sends its next sentence when the previous answer arrives) until the level's time
 request budget is spent. Loopback servers only: this is a benchmark, not a load test of
 someone else's machine. To compare PaDeLLM with AutoReg_Struct served the same way, run
 it against both servers with ``--label``; every ``load_<label>.json`` in ``--out`` is
-merged into ``load_compare.md``/``.png``.
+merged into ``load_compare.md``/``.png``. With ``--model`` instead of ``--server`` the
+workers call the model in process (``Extractor.aextract`` over an ``AsyncEngineLLM``: the
+served arrival pattern, no Triton), so one folder can hold both and the difference is
+what serving adds under load.
 """
 
 from __future__ import annotations
@@ -294,10 +297,12 @@ def write_load_report(
 
 
 def run_load_cli(args: Any) -> int:
-    """``padellm-ner bench load``."""
+    """``padellm-ner bench load``: against ``--server``, or in process with ``--model``."""
     from padellm_ner.data import load_split
 
-    check_loopback(args.server)
+    model = getattr(args, "model", None)
+    if not model:
+        check_loopback(args.server)
     levels = parse_concurrency(args.concurrency)
     if args.duration <= 0:
         raise InvalidInputError("--duration must be positive (seconds per level)")
@@ -305,7 +310,33 @@ def run_load_cli(args: Any) -> int:
     texts = texts[: args.limit] if args.limit else texts
     if not texts:
         raise InvalidInputError(f"{args.dataset}/test has no sentences")
-    label = getattr(args, "label", None) or args.model_name
+    label = getattr(args, "label", None) or ("in-process" if model else args.model_name)
+    machine = report.machine_info()  # NOTE: before the run: the commit of the code that ran
+    if model:
+        results = _run_in_process(args, texts, levels, label)
+        where = f"in process, model `{model}` (engine + plan, no Triton)"
+    else:
+        results = _run_served(args, texts, levels, label)
+        where = f"{args.server}, model `{args.model_name}`"
+    extra = {
+        "Server": where,
+        "Sentences": f"{args.dataset}/test, {len(texts)} in rotation",
+        "Levels": f"{', '.join(map(str, levels))} concurrent, {args.duration:g} s each",
+    }
+    keys = _COMMAND_KEYS
+    if model:
+        keys = ("model", "device", "dtype", "batch_window_us") + tuple(
+            k for k in keys if k not in ("server", "model_name")
+        )
+    paths = write_load_report(
+        Path(args.out), label, results, machine, report.format_command(args, keys), extra
+    )
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _run_served(args: Any, texts: list[str], levels: list[int], label: str) -> list[LevelResult]:
     try:
         from padellm_client import AsyncNERClient
     except ImportError as exc:
@@ -321,21 +352,27 @@ def run_load_cli(args: Any) -> int:
                 )
             return await run_load(client.extract, texts, levels, args.duration, label)
 
-    machine = report.machine_info()  # NOTE: before the run: the commit of the code that ran
-    results = asyncio.run(main())
-    extra = {
-        "Server": f"{args.server}, model `{args.model_name}`",
-        "Sentences": f"{args.dataset}/test, {len(texts)} in rotation",
-        "Levels": f"{', '.join(map(str, levels))} concurrent, {args.duration:g} s each",
-    }
-    paths = write_load_report(
-        Path(args.out),
-        label,
-        results,
-        machine,
-        report.format_command(args, _COMMAND_KEYS),
-        extra,
-    )
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
+    return asyncio.run(main())
+
+
+def _run_in_process(
+    args: Any, texts: list[str], levels: list[int], label: str
+) -> list[LevelResult]:
+    """The served arrival pattern without Triton: every worker's requests join one
+    ``EngineLoop`` (with the served ``llm`` model's batching window)."""
+    from padellm_ner.engine import AsyncEngineLLM, EngineLoop
+    from padellm_ner.extraction import Extractor
+
+    if args.batch_window_us < 0:
+        raise InvalidInputError("--batch-window-us must be 0 or more")
+    extractor = Extractor.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    loop = EngineLoop(extractor.llm.core, batch_window_s=args.batch_window_us / 1e6)
+    llm = AsyncEngineLLM(loop)
+
+    async def extract(text: str) -> list:
+        return (await asyncio.wait_for(extractor.aextract(text, llm), REQUEST_TIMEOUT)).entities
+
+    try:
+        return asyncio.run(run_load(extract, texts, levels, args.duration, label))
+    finally:
+        loop.shutdown()

@@ -1,5 +1,6 @@
 """The torch engine: greedy decoding with in-flight batching (scheduler / runner / core)."""
 
+from padellm_ner.engine.async_llm import AsyncEngineLLM
 from padellm_ner.engine.core import EngineCore, StepOutput, pick_device, pick_dtype
 from padellm_ner.engine.loop import EngineLoop
 from padellm_ner.engine.request import Request, RequestStatus
@@ -8,6 +9,7 @@ from padellm_ner.engine.scheduler import FcfsScheduler, SchedulerInterface, Sche
 from padellm_ner.engine.torch_llm import TorchLLM
 
 __all__ = [
+    "AsyncEngineLLM",
     "EngineCore",
     "EngineLoop",
     "EngineStats",
