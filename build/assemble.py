@@ -122,6 +122,8 @@ def assemble_repository(
             before stepping (``EngineLoop.batch_window_s``); unset: the model's 5000 (5 ms).
         count_hedge: PaDeLLM's count hedge threshold (``PlanConfig.count_hedge``); unset:
             the value recorded with the model (``padellm.json``), else 0 (off).
+        max_llm_inflight: LLM requests the orchestrator keeps in flight (one thread each);
+            unset: ``max_batch_size``, so the LLM's in-flight batch can fill.
         check_model: require ``model`` to be a known name or a model folder on this machine.
 
     Returns:
@@ -167,7 +169,9 @@ def assemble_repository(
         "max_mentions": max_mentions,
         "max_mention_tokens": max_mention_tokens,
         "max_concurrency": max_concurrency,
-        "max_llm_inflight": max_llm_inflight,
+        # NOTE: as many LLM requests in flight as the LLM batches: with 32 under a batch of
+        # 64, 16 served clients kept decode batches at 14 rows instead of 19 (BENCHMARKS.md)
+        "max_llm_inflight": max_llm_inflight if max_llm_inflight is not None else max_batch_size,
         "llm_transport": llm_transport,
         "llm_url": llm_url,
         "method": method,

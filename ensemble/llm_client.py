@@ -132,7 +132,8 @@ class TritonAsyncLLM:
         model_name: ``llm`` or ``tensorrt_llm``.
         end_id: the model's end id.
         batch_dim: the target model has a batch dimension (``tensorrt_llm``).
-        max_inflight: threads, hence requests in flight at once from this instance.
+        max_inflight: threads, hence requests in flight at once from this instance; at
+            least the LLM's batch size, or its in-flight batch cannot fill.
     """
 
     def __init__(
@@ -142,7 +143,7 @@ class TritonAsyncLLM:
         end_id: int,
         *,
         batch_dim: bool = False,
-        max_inflight: int = 32,
+        max_inflight: int = 64,
     ) -> None:
         self.transport = transport
         self.model_name = model_name

@@ -284,7 +284,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         get("llm_model_name", "llm"),
         end_id,
         batch_dim=_flag(params.get("llm_batch_dim"), False),
-        max_inflight=int(get("max_llm_inflight", "32")),
+        max_inflight=int(get("max_llm_inflight", "64")),  # NOTE: assemble fills the LLM batch size
     )
     logger.info(
         "padellm orchestrator: model %s, method %s, labels %s, llm %s, count_hedge %g",

@@ -99,6 +99,7 @@ def test_assemble_python_repository(tmp_path):
     off = assemble_repository(tmp_path / "w", "/nonexistent-model", batch_window_us=0, check_model=False)
     assert 'key: "batch_window_us" value: { string_value: "0" }' in (off / "llm" / "config.pbtxt").read_text()
     assert 'key: "count_hedge"' not in padellm  # NOTE: unset means the model's recorded value
+    assert 'key: "max_llm_inflight" value: { string_value: "64" }' in padellm  # the LLM's batch
     hedged = assemble_repository(tmp_path / "h", "/nonexistent-model", count_hedge=0.6, check_model=False)
     assert 'key: "count_hedge" value: { string_value: "0.6" }' in (hedged / "padellm" / "config.pbtxt").read_text()
 

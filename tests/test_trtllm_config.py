@@ -146,6 +146,8 @@ def test_assembled_tensorrtllm_repository_sets_the_batch_dimension(
     padellm = _parse((out / "padellm" / "config.pbtxt").read_text())
     assert padellm.parameters["llm_model_name"].string_value == "tensorrt_llm"
     assert padellm.parameters["llm_batch_dim"].string_value == "true"
+    # the orchestrator keeps as many LLM requests in flight as the engine batches
+    assert padellm.parameters["max_llm_inflight"].string_value == "256"
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
