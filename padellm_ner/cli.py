@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", default="1,4,16,64")
     b.add_argument("--duration", type=float, default=20.0)
     b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
+    b.add_argument("--metrics-url", help="--server: the server's metrics endpoint (e.g. "
+                                         "http://127.0.0.1:8002/metrics), to report the llm model's "
+                                         "batching per level")
     b.add_argument("--label", help="name of this run's row and files (default: --model-name, "
                                    "or 'in-process' with --model)")
     b.add_argument("--out", default="docs/benchmarks")

@@ -238,10 +238,25 @@ def test_load_levels_with_fake_client(tmp_path: Path) -> None:
             raise TimeoutError("slow")
         return []
 
+    ticks = {k: 0.0 for k in load.ENGINE_COUNTERS}
+
+    def counters() -> dict[str, float]:  # an engine that did 3 forwards per call so far
+        ticks.update(num_forwards=3.0 * calls, num_decode_steps=2.0 * calls,
+                     sum_batch_size=5.0 * calls, num_prompt_tokens_computed=6.0 * calls,
+                     num_prefill_slots=8.0 * calls)  # fmt: skip
+        return dict(ticks)
+
     results = asyncio.run(
-        load.run_load(extract, ["x", "y"], [1, 4], duration_s=0.1, label="fake", max_requests=50)
+        load.run_load(extract, ["x", "y"], [1, 4], duration_s=0.1, label="fake", max_requests=50,
+                      counters=counters)  # fmt: skip
     )
     assert [r.concurrency for r in results] == [1, 4]
+    for r in results:  # the level's share of the counters, per answered sentence
+        calls_in_level = r.num_ok + r.num_errors
+        assert r.engine["num_forwards"] == 3.0 * calls_in_level
+        e = r.engine_summary()
+        assert e["forwards_per_sentence"] == 3.0 * calls_in_level / r.num_ok
+        assert e["rows_per_decode_step"] == 2.5 and e["prefill_padding"] == 0.25
     for r in results:
         assert 0 < r.num_ok + r.num_errors <= 50 + r.concurrency
         assert r.throughput > 0 and r.percentile(50) <= r.percentile(99)
@@ -252,6 +267,8 @@ def test_load_levels_with_fake_client(tmp_path: Path) -> None:
     assert paths["chart"].read_bytes()[:8] == PNG_MAGIC
     rows = _table_rows(paths["markdown"].read_text())
     assert [row[1] for row in rows[2:]] == ["1", "4"]
+    assert rows[0][-3:] == ["forwards/sentence", "rows/decode step", "prefill padding"]
+    assert [row[-2:] for row in rows[2:]] == [["2.5", "25%"]] * 2
     paths = load.write_load_report(tmp_path, "other", results[:1], machine, "cmd")
     assert "compare_markdown" in paths
     assert {row[0] for row in _table_rows(paths["compare_markdown"].read_text())[2:]} == {
@@ -270,6 +287,10 @@ def test_bench_load_in_process_end_to_end(tiny_model: Path, tmp_path: Path) -> N
     rows = _table_rows((out / "load_in-process.md").read_text())
     assert [row[:2] for row in rows[2:]] == [["in-process", "1"], ["in-process", "3"]]
     assert all(int(row[2]) > 0 and row[3] == "0" for row in rows[2:])  # answers, no errors
+    # the engine's own counters per level: alone, a PaDeLLM sentence is a prefill and
+    # decode steps; with 3 at once, forwards are shared
+    assert float(rows[2][-3]) >= 2 and all(float(row[-2]) >= 1 for row in rows[2:])
+    assert float(rows[3][-3]) > 0
     assert (out / "load_in-process.png").read_bytes()[:8] == PNG_MAGIC
     data = json.loads((out / "load_in-process.json").read_text())
     assert "--model" in data["command"] and "--server" not in data["command"]

@@ -291,3 +291,15 @@ def test_inflight_batching_metrics_and_join(triton_server, sentences):
     # the padding the prefill packing left is observable: slots - computed
     slots = together["padellm_llm_prefill_slots_total"]
     assert slots >= together["padellm_llm_prompt_tokens_computed_total"] > 0
+
+
+def test_bench_load_reads_the_llm_counters_from_the_metrics_port(triton_server) -> None:
+    """``bench load --metrics-url`` reads the served ``llm`` model's batching counters
+    from Triton's metrics endpoint, the same values the metrics port shows."""
+    from padellm_ner.bench.load import ENGINE_COUNTERS, metrics_counters
+
+    _wait_idle(triton_server.metrics_url)
+    read = metrics_counters(triton_server.metrics_url)()
+    shown = scrape_metrics(triton_server.metrics_url)
+    assert set(read) == set(ENGINE_COUNTERS)
+    assert all(read[key] == shown[metric] for key, metric in ENGINE_COUNTERS.items())

@@ -57,8 +57,21 @@ _COMMAND_KEYS = (
     "duration",
     "model_name",
     "label",
+    "metrics_url",
     "out",
 )
+
+
+#: The engine counters a level reports: ``EngineStats`` field -> ``llm`` model metric.
+ENGINE_COUNTERS = {
+    "num_forwards": "padellm_llm_forwards_total",
+    "num_decode_steps": "padellm_llm_decode_steps_total",
+    "sum_batch_size": "padellm_llm_batch_size_sum",
+    "num_prompt_tokens_computed": "padellm_llm_prompt_tokens_computed_total",
+    "num_prefill_slots": "padellm_llm_prefill_slots_total",
+}
+
+Counters = Callable[[], dict[str, float]]
 
 
 @dataclass
@@ -70,6 +83,7 @@ class LevelResult:
     elapsed_s: float
     latencies_ms: list[float] = field(default_factory=list)  # successful requests
     errors: dict[str, int] = field(default_factory=dict)  # exception class -> count
+    engine: dict[str, float] | None = None  # ENGINE_COUNTERS over the level, when known
 
     @property
     def num_ok(self) -> int:
@@ -100,6 +114,18 @@ class LevelResult:
             "p50_ms": self.percentile(50),
             "p90_ms": self.percentile(90),
             "p99_ms": self.percentile(99),
+            **self.engine_summary(),
+        }
+
+    def engine_summary(self) -> dict[str, float | None]:
+        """What batching did over the level: forwards per answered sentence, rows per
+        decode step, and the share of prefill columns that were padding."""
+        e = self.engine or {}
+        forwards, steps, slots = (e.get(k) for k in ("num_forwards", "num_decode_steps", "num_prefill_slots"))
+        return {
+            "forwards_per_sentence": forwards / self.num_ok if forwards is not None and self.num_ok else None,
+            "rows_per_decode_step": e["sum_batch_size"] / steps if steps else None,
+            "prefill_padding": 1 - e["num_prompt_tokens_computed"] / slots if slots else None,
         }
 
 
@@ -139,12 +165,15 @@ async def run_level(
     duration_s: float,
     label: str = "padellm",
     max_requests: int = MAX_REQUESTS_PER_LEVEL,
+    counters: Counters | None = None,
 ) -> LevelResult:
     """``concurrency`` closed-loop workers calling ``await extract(text)`` for ``duration_s``.
 
     Requests already in flight when the time is up are awaited and counted (their
-    latency is real), so ``elapsed_s`` runs to the last answer.
+    latency is real), so ``elapsed_s`` runs to the last answer. ``counters`` (the
+    engine's, ``ENGINE_COUNTERS`` keys) are read before and after: the level's share.
     """
+    before = _read(counters)
     if not texts:
         raise InvalidInputError("no sentences to send")
     result = LevelResult(label, concurrency, 0.0)
@@ -170,7 +199,45 @@ async def run_level(
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed_s = time.perf_counter() - start
     result.errors = dict(errors)
+    after = _read(counters)
+    if before is not None and after is not None:
+        result.engine = {k: after[k] - before[k] for k in ENGINE_COUNTERS if k in after and k in before}
     return result
+
+
+def _read(counters: Counters | None) -> dict[str, float] | None:
+    if counters is None:
+        return None
+    try:
+        return counters()
+    except Exception as exc:  # noqa: BLE001 - counters are extra: the level still counts
+        logger.warning("could not read the engine counters: %s", exc)
+        return None
+
+
+def engine_stats_counters(loop: Any) -> Counters:
+    """An in-process ``EngineLoop``'s counters."""
+    return lambda: {k: float(getattr(loop.stats, k)) for k in ENGINE_COUNTERS}
+
+
+def metrics_counters(url: str) -> Counters:
+    """The served ``llm`` model's counters, scraped from Triton's metrics endpoint
+    (Prometheus text; summed over label sets)."""
+    import urllib.request
+
+    names = {metric: key for key, metric in ENGINE_COUNTERS.items()}
+
+    def read() -> dict[str, float]:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in names:
+                out[names[name]] = out.get(names[name], 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
+    return read
 
 
 async def run_load(
@@ -180,6 +247,7 @@ async def run_load(
     duration_s: float,
     label: str = "padellm",
     max_requests: int = MAX_REQUESTS_PER_LEVEL,
+    counters: Counters | None = None,
 ) -> list[LevelResult]:
     """Every level in turn, one short warm-up request first."""
     try:
@@ -190,7 +258,9 @@ async def run_load(
     for concurrency in concurrencies:
         logger.info("concurrency %d for %.1f s", concurrency, duration_s)
         results.append(
-            await run_level(extract, texts, concurrency, duration_s, label, max_requests)
+            await run_level(
+                extract, texts, concurrency, duration_s, label, max_requests, counters
+            )
         )
     return results
 
@@ -212,6 +282,9 @@ def load_table(summaries: Sequence[dict[str, Any]], title: str) -> report.Table:
             "p50 ms",
             "p90 ms",
             "p99 ms",
+            "forwards/sentence",
+            "rows/decode step",
+            "prefill padding",
         ],
     )
     for s in summaries:
@@ -226,11 +299,17 @@ def load_table(summaries: Sequence[dict[str, Any]], title: str) -> report.Table:
                 _fmt(s["p50_ms"]),
                 _fmt(s["p90_ms"]),
                 _fmt(s["p99_ms"]),
+                _fmt(s.get("forwards_per_sentence"), ".2f"),
+                _fmt(s.get("rows_per_decode_step")),
+                "-" if s.get("prefill_padding") is None else f"{100 * s['prefill_padding']:.0f}%",
             ]
         )
     table.notes.append(
         "Closed loop: each of `concurrency` workers sends its next sentence when its answer "
-        "arrives; sentences/s counts successful answers over the level's wall time."
+        "arrives; sentences/s counts successful answers over the level's wall time. "
+        "forwards/sentence, rows/decode step and prefill padding come from the LLM engine's "
+        "counters over the level (in process, or the `llm` model's metrics with "
+        "`--metrics-url`; `-` when not read): batching at work."
     )
     return table
 
@@ -341,6 +420,8 @@ def _run_served(args: Any, texts: list[str], levels: list[int], label: str) -> l
         from padellm_client import AsyncNERClient
     except ImportError as exc:
         raise InvalidInputError("bench load needs padellm_client: pip install -e .") from exc
+    url = getattr(args, "metrics_url", None)
+    counters = metrics_counters(url) if url else None
 
     async def main() -> list[LevelResult]:
         async with AsyncNERClient(
@@ -350,7 +431,8 @@ def _run_served(args: Any, texts: list[str], levels: list[int], label: str) -> l
                 raise InvalidInputError(
                     f"server {args.server} is not ready (model {args.model_name!r})"
                 )
-            return await run_load(client.extract, texts, levels, args.duration, label)
+            return await run_load(client.extract, texts, levels, args.duration, label,
+                                  counters=counters)
 
     return asyncio.run(main())
 
@@ -373,6 +455,9 @@ def _run_in_process(
         return (await asyncio.wait_for(extractor.aextract(text, llm), REQUEST_TIMEOUT)).entities
 
     try:
-        return asyncio.run(run_load(extract, texts, levels, args.duration, label))
+        return asyncio.run(
+            run_load(extract, texts, levels, args.duration, label,
+                     counters=engine_stats_counters(loop))
+        )
     finally:
         loop.shutdown()
