@@ -121,11 +121,12 @@ class LevelResult:
         """What batching did over the level: forwards per answered sentence, rows per
         decode step, and the share of prefill columns that were padding."""
         e = self.engine or {}
-        forwards, steps, slots = (e.get(k) for k in ("num_forwards", "num_decode_steps", "num_prefill_slots"))
+        forwards, rows, steps = e.get("num_forwards"), e.get("sum_batch_size"), e.get("num_decode_steps")
+        computed, slots = e.get("num_prompt_tokens_computed"), e.get("num_prefill_slots")
         return {
             "forwards_per_sentence": forwards / self.num_ok if forwards is not None and self.num_ok else None,
-            "rows_per_decode_step": e["sum_batch_size"] / steps if steps else None,
-            "prefill_padding": 1 - e["num_prompt_tokens_computed"] / slots if slots else None,
+            "rows_per_decode_step": rows / steps if rows is not None and steps else None,
+            "prefill_padding": 1 - computed / slots if computed is not None and slots else None,
         }
 
 
@@ -173,9 +174,11 @@ async def run_level(
     latency is real), so ``elapsed_s`` runs to the last answer. ``counters`` (the
     engine's, ``ENGINE_COUNTERS`` keys) are read before and after: the level's share.
     """
-    before = _read(counters)
     if not texts:
         raise InvalidInputError("no sentences to send")
+    # NOTE: read while nothing is in flight (before the first request, after the last
+    # answer), so a blocking scrape delays no request
+    before = _read(counters)
     result = LevelResult(label, concurrency, 0.0)
     errors: Counter[str] = Counter()
     next_index = 0
