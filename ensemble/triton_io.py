@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from padellm_ensemble.llm_client import LLM_OUTPUTS
 from padellm_ensemble.validation import ErrorCode, PadellmServingError, UpstreamError, upstream_code
+from padellm_ner.engine_metrics import ENGINE_METRICS
 
 __all__ = [
     "input_getter",
@@ -139,25 +140,11 @@ class EngineMetrics:
     number of requests currently in the running batch.
     """
 
-    _COUNTERS = {
-        "num_forwards": ("padellm_llm_forwards_total", "Model forward passes (prefill + decode)"),
-        "num_decode_steps": ("padellm_llm_decode_steps_total", "Decode steps (one forward for all active sequences)"),
-        "num_prefill_forwards": ("padellm_llm_prefill_forwards_total", "Prefill forward passes"),
-        "num_tokens_decoded": ("padellm_llm_tokens_total", "Tokens generated"),
-        "sum_batch_size": ("padellm_llm_batch_size_sum", "Sum over decode steps of the sequences in the step"),
-        "num_tokens_prefilled": ("padellm_llm_first_tokens_total", "Tokens sampled from prefill logits (each request's first)"),
-        "num_prompt_tokens": ("padellm_llm_prompt_tokens_total", "Prompt tokens of admitted requests"),
-        "num_prompt_tokens_shared": ("padellm_llm_prompt_tokens_shared_total", "Prompt tokens whose KV came from a shared prefix (computed once per group, or cached)"),
-        "num_prompt_tokens_cached": ("padellm_llm_prompt_tokens_cached_total", "Shared-prefix tokens found in the prefix KV cache (no forward)"),
-        "num_prompt_tokens_computed": ("padellm_llm_prompt_tokens_computed_total", "Prompt tokens run through a forward (the prefill work actually done)"),
-        "num_prefill_slots": ("padellm_llm_prefill_slots_total", "Prefill columns run through a forward, padding included (slots - computed = padding)"),
-    }
-
     def __init__(self, model_name: str) -> None:
         labels = {"model": model_name}
         self._families = []
         self._counters = {}
-        for field_name, (name, description) in self._COUNTERS.items():
+        for field_name, (name, description) in ENGINE_METRICS.items():
             family = pb_utils.MetricFamily(name=name, description=description, kind=pb_utils.MetricFamily.COUNTER)
             self._families.append(family)
             self._counters[field_name] = family.Metric(labels=labels)

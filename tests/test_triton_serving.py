@@ -297,9 +297,10 @@ def test_bench_load_reads_the_llm_counters_from_the_metrics_port(triton_server) 
     """``bench load --metrics-url`` reads the served ``llm`` model's batching counters
     from Triton's metrics endpoint, the same values the metrics port shows."""
     from padellm_ner.bench.load import ENGINE_COUNTERS, metrics_counters
+    from padellm_ner.engine_metrics import ENGINE_METRICS
 
     _wait_idle(triton_server.metrics_url)
     read = metrics_counters(triton_server.metrics_url)()
     shown = scrape_metrics(triton_server.metrics_url)
     assert set(read) == set(ENGINE_COUNTERS)
-    assert all(read[key] == shown[metric] for key, metric in ENGINE_COUNTERS.items())
+    assert all(read[key] == shown[ENGINE_METRICS[key][0]] for key in ENGINE_COUNTERS)

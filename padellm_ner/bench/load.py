@@ -62,14 +62,15 @@ _COMMAND_KEYS = (
 )
 
 
-#: The engine counters a level reports: ``EngineStats`` field -> ``llm`` model metric.
-ENGINE_COUNTERS = {
-    "num_forwards": "padellm_llm_forwards_total",
-    "num_decode_steps": "padellm_llm_decode_steps_total",
-    "sum_batch_size": "padellm_llm_batch_size_sum",
-    "num_prompt_tokens_computed": "padellm_llm_prompt_tokens_computed_total",
-    "num_prefill_slots": "padellm_llm_prefill_slots_total",
-}
+#: The engine counters a level reports (``EngineStats`` fields; served, their
+#: ``ENGINE_METRICS`` names on the metrics port).
+ENGINE_COUNTERS = (
+    "num_forwards",
+    "num_decode_steps",
+    "sum_batch_size",
+    "num_prompt_tokens_computed",
+    "num_prefill_slots",
+)
 
 Counters = Callable[[], dict[str, float]]
 
@@ -228,7 +229,9 @@ def metrics_counters(url: str) -> Counters:
     (Prometheus text; summed over label sets)."""
     import urllib.request
 
-    names = {metric: key for key, metric in ENGINE_COUNTERS.items()}
+    from padellm_ner.engine_metrics import ENGINE_METRICS
+
+    names = {ENGINE_METRICS[key][0]: key for key in ENGINE_COUNTERS}
 
     def read() -> dict[str, float]:
         with urllib.request.urlopen(url, timeout=5) as response:

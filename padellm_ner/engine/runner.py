@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EngineStats:
-    """Counters that make batching observable (exported as Triton metrics too)."""
+    """Counters that make batching observable (exported as Triton metrics too: their
+    names are ``padellm_ner.engine_metrics.ENGINE_METRICS``)."""
 
     num_forwards: int = 0
     num_prefill_forwards: int = 0
@@ -57,6 +58,7 @@ class EngineStats:
 
     def snapshot(self) -> EngineStats:
         return EngineStats(**vars(self))
+
 
 
 class ModelRunner:
