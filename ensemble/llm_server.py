@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from padellm_ensemble.validation import ErrorCode
-from padellm_ner.llm import GenerationRequest
+from padellm_ner.llm import GenerationRequest, StepOutput
 
 __all__ = ["LLMWireRequest", "LLMWireError", "parse_llm_request", "llm_output_tensors", "InflightLLMServer"]
 
@@ -153,17 +153,15 @@ class InflightLLMServer:
         if req_id in self._active:
             self.loop.abort(req_id)
 
-    def _on_step(self, out) -> None:
+    def _on_step(self, out: StepOutput) -> None:
         """Engine thread: one generated token (or an abort) of one request."""
         state = self._active.get(out.req_id)
         if state is None:
             return
-        token = getattr(out, "token_id", None)
-        reason = out.finish_reason or ""
-        # NOTE: an abort or an engine error carries no new token (token_id None).
-        failed = reason.startswith(("error", "invalid"))
-        if token is not None and token >= 0 and reason != "aborted" and not failed:
-            state.token_ids.append(int(token))
+        failure = out.failure
+        # NOTE: an abort or a failure carries no new token (token_id None).
+        if out.token_id is not None and out.token_id >= 0 and failure is None:
+            state.token_ids.append(int(out.token_id))
             state.log_probs.append(float(out.log_prob))
         if not out.finished and state.is_cancelled():
             self.loop.abort(out.req_id)  # NOTE: the engine answers with a finished output
@@ -172,12 +170,11 @@ class InflightLLMServer:
             if out.finished:
                 with self._lock:
                     self._active.pop(out.req_id, None)
-                if reason.startswith("invalid"):
+                if failure is not None and failure.kind == "invalid":
                     # NOTE: the code prefix makes it INVALID_ARGUMENT on the wire
-                    message = reason.removeprefix("invalid: ")
-                    state.send(None, True, ErrorCode.INVALID_ARGUMENT.prefix + message)
-                elif failed:
-                    state.send(None, True, f"engine {reason}")
+                    state.send(None, True, ErrorCode.INVALID_ARGUMENT.prefix + failure.message)
+                elif failure is not None:
+                    state.send(None, True, f"engine error: {failure.message}")
                 else:
                     start = state.num_sent if state.wire.streaming else 0
                     ids, lps = state.token_ids[start:], state.log_probs[start:]

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["GenerationRequest", "GenerationResult", "LLM", "AsyncLLM", "ends_with_stop_word"]
+__all__ = [
+    "GenerationRequest",
+    "GenerationResult",
+    "LLM",
+    "AsyncLLM",
+    "StepFailure",
+    "StepOutput",
+    "ends_with_stop_word",
+]
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,58 @@ class GenerationResult:
     def num_steps(self) -> int:
         """Decode steps this sequence needed (one token per step)."""
         return len(self.token_ids)
+
+
+class StepFailure(NamedTuple):
+    """Why a request ended without a result: ``invalid`` is the caller's to fix."""
+
+    kind: Literal["invalid", "error"]
+    message: str
+
+
+_FAILURE_PREFIXES: tuple[tuple[Literal["invalid", "error"], str], ...] = (
+    ("invalid", "invalid: "),
+    ("error", "error: "),
+)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One request's news from one engine step: a token, and whether it finished.
+
+    ``finish_reason`` is ``"stop"``, ``"length"`` or ``"aborted"`` for a request that
+    ended normally, and ``"invalid: <why>"`` (bad input, e.g. a text too long) or
+    ``"error: <why>"`` (the engine failed) for one that did not. The string travels
+    across the engine thread; ``failure`` is the one place that reads it back, so the
+    served ``llm`` model and the in-process async engine map it alike. ``token_id`` is
+    None when the output carries no token (an abort or a failure).
+    """
+
+    req_id: str
+    token_id: int | None
+    log_prob: float
+    finished: bool
+    finish_reason: str | None = None
+
+    @classmethod
+    def ended(cls, req_id: str, reason: str) -> StepOutput:
+        """A finished output without a token (``"aborted"``)."""
+        return cls(req_id, None, 0.0, True, reason)
+
+    @classmethod
+    def failed(cls, req_id: str, kind: Literal["invalid", "error"], message: object) -> StepOutput:
+        """A request that ended without a result; ``kind`` as in ``StepFailure``."""
+        prefix = dict(_FAILURE_PREFIXES)[kind]
+        return cls.ended(req_id, f"{prefix}{message}")
+
+    @property
+    def failure(self) -> StepFailure | None:
+        """The failure this output reports, or None for a token or a normal end."""
+        reason = self.finish_reason or ""
+        for kind, prefix in _FAILURE_PREFIXES:
+            if reason.startswith(prefix):
+                return StepFailure(kind, reason.removeprefix(prefix))
+        return None
 
 
 @runtime_checkable

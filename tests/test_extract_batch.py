@@ -14,6 +14,7 @@ import pytest
 
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.extraction import Extractor
+from padellm_ner.llm import GenerationRequest
 
 TEXTS = [
     "Japan, co-hosts of the World Cup in 2002 with Korea, are favourites .",
@@ -74,6 +75,10 @@ def test_concurrent_aextract_equals_one_at_a_time(extractor: Extractor, method: 
         after = loop.stats
         with pytest.raises(InvalidInputError, match="empty"):
             asyncio.run(extractor.aextract("  ", llm))
+        # refused on the engine thread (too long), raised to the awaiting caller
+        too_long = GenerationRequest((5,) * loop.core.max_model_len, 8, (2,))
+        with pytest.raises(InvalidInputError, match="text too long"):
+            asyncio.run(llm.agenerate(too_long))
     finally:
         loop.shutdown()
         extractor.method, extractor.max_new_tokens = "padellm", 160

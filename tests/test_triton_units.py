@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from padellm_ensemble.llm_client import TritonAsyncLLM, build_llm_inputs, parse_
 from padellm_ensemble.llm_server import InflightLLMServer, LLMWireError, parse_llm_request
 from padellm_ensemble.orchestrator import Orchestrator, OrchestratorConfig
 from padellm_ensemble.validation import RequestValidationError, parse_request
-from padellm_ner.llm import GenerationRequest, GenerationResult
+from padellm_ner.llm import GenerationRequest, GenerationResult, StepOutput
 
 TEMPLATE = """# optional: color, size
 name: "${name}"
@@ -186,15 +185,6 @@ def test_bls_llm_streams_and_stops_on_cancel():
 
 
 # -- llm model mapping (fake engine loop) ---------------------------------------------
-@dataclass
-class _Out:
-    req_id: str
-    token_id: int | None
-    log_prob: float
-    finished: bool
-    finish_reason: str | None = None
-
-
 class _FakeLoop:
     def __init__(self):
         self.submitted, self.aborted = {}, []
@@ -206,21 +196,40 @@ class _FakeLoop:
         self.aborted.append(req_id)
 
 
+def test_step_output_failure_protocol():
+    """The engine thread's finish reasons, read back in one place (StepOutput.failure)."""
+    assert StepOutput("a", 5, -0.1, True, "stop").failure is None
+    assert StepOutput.ended("a", "aborted").failure is None and StepOutput.ended("a", "aborted").token_id is None
+    bad = StepOutput.failed("a", "invalid", ValueError("text too long: 900 tokens"))
+    assert bad.finished and bad.token_id is None and bad.failure == ("invalid", "text too long: 900 tokens")
+    assert StepOutput.failed("a", "error", "CUDA OOM").failure == ("error", "CUDA OOM")
+
+
+def test_inflight_server_maps_failures_to_wire_errors():
+    loop, sent = _FakeLoop(), []
+    server = InflightLLMServer(loop)
+    for req_id, kind in (("i", "invalid"), ("e", "error")):
+        server.submit(parse_llm_request(build_llm_inputs(GenerationRequest((1,), 3, ()), 2).get, req_id),
+                      lambda o, f, e: sent.append((o, f, e)), lambda: False)
+        loop.submitted[req_id][1](StepOutput.failed(req_id, kind, "why"))
+    assert sent == [(None, True, "[INVALID_ARGUMENT] why"), (None, True, "engine error: why")]
+
+
 def test_inflight_server_streaming_and_unary():
     loop, sent = _FakeLoop(), []
     server = InflightLLMServer(loop)
     inputs = build_llm_inputs(GenerationRequest((1, 2), 3, ()), end_id=2, streaming=True)
     server.submit(parse_llm_request(inputs.get, "s"), lambda o, f, e: sent.append((o, f, e)), lambda: False)
     _, cb = loop.submitted["s"]
-    cb(_Out("s", 9, -0.1, False))
-    cb(_Out("s", 8, -0.2, True, "length"))
+    cb(StepOutput("s", 9, -0.1, False))
+    cb(StepOutput("s", 8, -0.2, True, "length"))
     assert [o["output_ids"].tolist() for o, _, _ in sent] == [[[9]], [[8]]] and [f for _, f, _ in sent] == [False, True]
     sent.clear()
     server.submit(parse_llm_request(build_llm_inputs(GenerationRequest((1,), 3, ()), 2).get, "u"),
                   lambda o, f, e: sent.append((o, f, e)), lambda: False)
     _, cb = loop.submitted["u"]
-    cb(_Out("u", 9, -0.1, False))
-    cb(_Out("u", 8, -0.2, True, "length"))
+    cb(StepOutput("u", 9, -0.1, False))
+    cb(StepOutput("u", 8, -0.2, True, "length"))
     assert len(sent) == 1 and sent[0][0]["output_ids"].tolist() == [[9, 8]] and sent[0][1]
     assert sent[0][0]["cum_log_probs"][0] == pytest.approx(-0.3)
     # stop=True aborts a running request by id

@@ -34,16 +34,16 @@ class AsyncEngineLLM:
         result = GenerationResult()
         req_id = f"async-{next(self._ids)}"
 
-        def finish(reason: str) -> None:  # on the event loop
+        def finish(out: StepOutput) -> None:  # on the event loop
             if done.done():
                 return
-            if reason.startswith("invalid: "):
-                done.set_exception(InvalidInputError(reason.removeprefix("invalid: ")))
-            elif reason.startswith("error: "):
-                done.set_exception(RuntimeError(f"engine step failed: {reason[7:]}"))
-            else:
-                result.finish_reason = reason
+            if (failure := out.failure) is None:
+                result.finish_reason = out.finish_reason or "length"
                 done.set_result(result)
+            elif failure.kind == "invalid":
+                done.set_exception(InvalidInputError(failure.message))
+            else:
+                done.set_exception(RuntimeError(f"engine step failed: {failure.message}"))
 
         def on_step(out: StepOutput) -> None:  # on the engine thread
             # NOTE: only the engine thread touches ``result`` until it is handed over
@@ -51,7 +51,7 @@ class AsyncEngineLLM:
                 result.token_ids.append(out.token_id)
                 result.log_probs.append(out.log_prob)
             if out.finished:
-                event_loop.call_soon_threadsafe(finish, out.finish_reason or "length")
+                event_loop.call_soon_threadsafe(finish, out)
 
         self.loop.submit(req_id, request, on_step)
         try:

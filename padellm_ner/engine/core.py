@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,25 +11,11 @@ from padellm_ner.engine.request import Request
 from padellm_ner.engine.runner import EngineStats, ModelRunner
 from padellm_ner.engine.scheduler import FcfsScheduler, SchedulerInterface
 from padellm_ner.errors import InvalidInputError
-from padellm_ner.llm import GenerationRequest
+from padellm_ner.llm import GenerationRequest, StepOutput
 
 __all__ = ["StepOutput", "EngineCore", "pick_device", "pick_dtype"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StepOutput:
-    """One request's news from one step: a token, and whether it finished.
-
-    ``token_id`` is None for a request aborted before it produced a token this step.
-    """
-
-    req_id: str
-    token_id: int | None
-    log_prob: float
-    finished: bool
-    finish_reason: str | None = None
 
 
 def pick_device(device: str = "auto") -> str:
@@ -128,7 +113,7 @@ class EngineCore:
         if req is None:
             return None
         self._requests.pop(req_id, None)
-        return StepOutput(req_id, None, 0.0, True, "aborted")
+        return StepOutput.ended(req_id, "aborted")
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -69,9 +69,9 @@ class EngineLoop:
     def submit(self, req_id: str, request: GenerationRequest, callback: StepCallback) -> None:
         """Queue a request; ``callback`` gets one ``StepOutput`` per generated token.
 
-        Invalid requests are reported through the callback as a finished output with
-        ``finish_reason='error: ...'`` rather than raised here, because validation
-        happens on the engine thread.
+        A refused request is reported through the callback as a finished output whose
+        ``failure`` says why (``invalid`` for bad input, ``error`` otherwise) rather than
+        raised here, because validation happens on the engine thread.
         """
         with self._wake:
             if self._stopping:
@@ -113,12 +113,12 @@ class EngineLoop:
             except Exception as exc:  # noqa: BLE001 - report to every waiting request
                 logger.exception("engine step failed")
                 for req_id in self.core.fail_all():
-                    self._emit(StepOutput(req_id, None, 0.0, True, f"error: {exc}"))
+                    self._emit(StepOutput.failed(req_id, "error", exc))
                 continue
             for out in outputs:
                 self._emit(out)
         for req_id in self.core.fail_all():
-            self._emit(StepOutput(req_id, None, 0.0, True, "aborted"))
+            self._emit(StepOutput.ended(req_id, "aborted"))
 
     def _apply(self, item: _Submit | _Abort) -> None:
         if isinstance(item, _Abort):
@@ -129,10 +129,10 @@ class EngineLoop:
         try:
             self.core.add_request(item.req_id, item.request)
         except InvalidInputError as exc:  # NOTE: the caller's to fix (a text too long)
-            item.callback(StepOutput(item.req_id, None, 0.0, True, f"invalid: {exc}"))
+            item.callback(StepOutput.failed(item.req_id, "invalid", exc))
             return
         except ValueError as exc:
-            item.callback(StepOutput(item.req_id, None, 0.0, True, f"error: {exc}"))
+            item.callback(StepOutput.failed(item.req_id, "error", exc))
             return
         self._callbacks[item.req_id] = item.callback
 
