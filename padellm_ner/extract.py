@@ -7,13 +7,14 @@ import logging
 import sys
 from argparse import Namespace
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.types import Entity
 
-__all__ = ["run_extract", "render_table", "process_jsonl"]
+__all__ = ["run_extract", "render_table", "JsonlJob", "process_jsonl"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,38 @@ def _read_done(output: Path) -> int:
     return raw.count(b"\n")
 
 
+@dataclass(frozen=True)
+class JsonlJob:
+    """An ``--input``/``--output`` job, read and checked before any model loads, so a
+    bad file is an error in milliseconds, not after the model's start-up."""
+
+    input_path: Path
+    output_path: Path
+    lines: list[str]
+    done: int  # output lines already complete: a rerun resumes after them
+
+    @classmethod
+    def open(cls, input_path: Path, output_path: Path) -> JsonlJob:
+        try:
+            lines = input_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"cannot read --input {input_path}: {exc}") from exc
+        done = _read_done(output_path)
+        if done > len(lines):
+            raise InvalidInputError(
+                f"{output_path} has {done} lines but {input_path} only {len(lines)}; "
+                "is --output from another input?"
+            )
+        return cls(input_path, output_path, lines, done)
+
+
 def process_jsonl(
-    input_path: Path,
-    output_path: Path,
+    job: JsonlJob,
     extract: ExtractFn,
     default_labels: Sequence[str] | None = None,
     progress: bool = True,
 ) -> tuple[int, int]:
-    """Extract every line of ``input_path`` into ``output_path``; returns (done now, errors).
+    """Extract every line of the job's input into its output; returns (done now, errors).
 
     Every input line gets exactly one output line, in order: ``{"id", "text", "entities"}``
     or ``{"id", "error"}`` for a line that is not usable. A rerun skips lines already
@@ -107,19 +132,9 @@ def process_jsonl(
     """
     from tqdm import tqdm
 
-    try:
-        lines = input_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"cannot read --input {input_path}: {exc}") from exc
-    done = _read_done(output_path)
-    if done > len(lines):
-        raise InvalidInputError(
-            f"{output_path} has {done} lines but {input_path} only {len(lines)}; "
-            "is --output from another input?"
-        )
     errors = 0
-    todo = list(enumerate(lines))[done:]
-    with output_path.open("a", encoding="utf-8") as out:
+    todo = list(enumerate(job.lines))[job.done :]
+    with job.output_path.open("a", encoding="utf-8") as out:
         for number, line in tqdm(todo, desc="extract", unit="line", disable=not progress):
             record = _process_line(number, line, extract, default_labels)
             errors += "error" in record
@@ -159,6 +174,7 @@ def run_extract(args: Namespace) -> int:
         raise InvalidInputError("--labels is empty; name at least one entity type")
     if args.input and not Path(args.input).is_file():
         raise InvalidInputError(f"--input {args.input} does not exist")
+    job = JsonlJob.open(Path(args.input), Path(args.output)) if args.input else None
     if getattr(args, "count_hedge", None) is not None and args.server:
         raise InvalidInputError(
             "--count-hedge is the server's setting (padellm-ner serve --count-hedge P), not a request's"
@@ -176,10 +192,8 @@ def run_extract(args: Namespace) -> int:
             card = Path(default_model_dir()[0]) / "MODEL_CARD.md"
             print(DEFAULT_NOTE.format(card=card), file=sys.stderr)
     try:
-        if args.input:
-            count, errors = process_jsonl(
-                Path(args.input), Path(args.output), extract, args.labels
-            )
+        if job is not None:
+            count, errors = process_jsonl(job, extract, args.labels)
             print(f"wrote {count} lines to {args.output} ({errors} with errors)", file=sys.stderr)
             return 1 if errors else 0
         entities = extract(args.text, args.labels)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from padellm_ner.extract import process_jsonl
+from padellm_ner.extract import JsonlJob, process_jsonl
 from padellm_ner.extraction import Extractor
 from padellm_ner.types import Entity
 from tests.model_cache import smollm2_codec, smollm2_core
@@ -41,7 +41,7 @@ def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn)
     ]
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    done, errors = process_jsonl(src, out, extract_fn, progress=False)
+    done, errors = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
     assert (done, errors) == (5, 2)
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == 5
@@ -53,7 +53,7 @@ def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn)
     first_three = "\n".join(out.read_text().splitlines()[:3]) + "\n" + '{"id": 7, "te'
     out.write_text(first_three)
     calls_before = len(extract_fn.calls)
-    done, _ = process_jsonl(src, out, extract_fn, progress=False)
+    done, _ = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
     assert done == 2  # the torn line is redone, nothing before it
     assert extract_fn.calls[calls_before:] == ["Peter Blackburn", "BRUSSELS 1996-08-22"]
     assert [json.loads(x) for x in out.read_text().splitlines()] == records
@@ -75,15 +75,25 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ([], "either a TEXT argument or --input"),
         (["--input", "missing.jsonl", "--output", "o.jsonl"], "does not exist"),
         (["--input", "x.jsonl"], "--input needs --output"),
+        (["--input", "latin1.jsonl", "--output", "o.jsonl"], "cannot read --input latin1.jsonl"),
+        (["--input", "short.jsonl", "--output", "long.jsonl"], "is --output from another input?"),
         (["Japan .", "--count-hedge", "1.5"], "--count-hedge is 1.5"),
         (["Japan .", "--count-hedge", "0.5", "--server", "127.0.0.1:1"], "the server's setting"),
     ],
 )
-def test_cli_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
+def test_cli_bad_input_is_a_clear_error(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "Köln"}\n'.encode("latin-1"))
+    (tmp_path / "short.jsonl").write_text('{"text": "Japan ."}\n')
+    (tmp_path / "long.jsonl").write_text('{"id": 0}\n{"id": 1}\n')
     proc = _cli(*args)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+    # NOTE: refused before the model loads: no note about which model would have run
+    assert "note: " not in proc.stderr
 
 
 def test_cli_text_too_long_for_the_model_is_a_clear_error(tmp_path: Path) -> None:
