@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from padellm_ner.cli_types import float_above, float_at_least, fraction, int_at_least, port
 from padellm_ner.errors import PadellmError
 
 __all__ = ["main", "build_parser"]
@@ -42,7 +43,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'default' (embedded), a base name (smollm2-135m), an HF folder or a LoRA adapter folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    p.add_argument("--max-batch-size", type=int, default=64, help="sequences decoded together")
+    p.add_argument("--max-batch-size", type=int_at_least(1), default=64, help="sequences decoded together")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSONL output (with --input); a rerun skips lines already done")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--server", help="host:port of a padellm-ner Triton server (gRPC)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request with --server")
+    p.add_argument("--timeout", type=float_above(0), default=60.0, help="seconds per request with --server")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
-    p.add_argument("--max-mentions", type=int, default=16, help="bound on mentions per label")
+    p.add_argument("--max-mentions", type=int_at_least(1), default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")
     p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
                    help="PaDeLLM: also decode mention n+1 of a count n less probable than P "
@@ -69,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run tritonserver with the padellm-ner model repository")
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--grpc-port", type=port, default=8001)
+    p.add_argument("--http-port", type=port, default=8000)
+    p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--repository", help="where to assemble the model repository (default: a temp dir)")
     p.add_argument("--labels", nargs="+", help="default labels of the served model")
     p.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS",
     )
     p.add_argument(
-        "--batch-window-us", type=int,
+        "--batch-window-us", type=int_at_least(0),
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
     )
     p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
@@ -94,20 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-file", help="JSON {tag: label words} for the prompts")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
                    help="train a LoRA adapter (default) or the full model (--no-lora)")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=32)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training sentences")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step (length-grouped)")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--warmup", type=float, default=0.03, help="warmup fraction")
+    p.add_argument("--lora-r", type=int_at_least(1), default=16)
+    p.add_argument("--lora-alpha", type=int_at_least(1), default=32)
+    p.add_argument("--epochs", type=float_above(0), default=1.0)
+    p.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop after this many optimizer steps")
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="use only the first N training sentences")
+    p.add_argument("--batch-tokens", type=int_at_least(1), default=4096, help="tokens per optimizer step (length-grouped)")
+    p.add_argument("--lr", type=float_above(0), default=2e-4)
+    p.add_argument("--warmup", type=fraction, default=0.03, help="warmup fraction")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
+    p.add_argument("--save-every", type=int_at_least(0), default=200, help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--eval-limit", type=int, default=200, help="dev sentences evaluated at the end")
+    p.add_argument("--eval-limit", type=int_at_least(0), default=200, help="dev sentences evaluated at the end")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
     from padellm_ner.train.cli import add_extra_args
 
     add_extra_args(p)
@@ -116,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--dataset", help="name under shared/datasets or a folder path")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int_at_least(1), default=None)
     p.add_argument("--merge", nargs="+", metavar="FILE",
                    help="combine `--json` reports of shards (--skip/--limit runs) instead of running")
-    p.add_argument("--skip", type=int, default=0, help="skip the first N sentences (to shard a run)")
+    p.add_argument("--skip", type=int_at_least(0), default=0, help="skip the first N sentences (to shard a run)")
     p.add_argument("--labels", nargs="+", help="labels to ask for (default: the dataset's)")
     p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default=None,
                    help="decoding method (default: the one the model was trained for)")
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count-hedge", metavar="P[,P...]", default=None,
                    help="PaDeLLM: hedge counts less probable than P (see extract); several values "
                         "decode once at the highest and report each (a sweep to choose P on dev)")
-    p.add_argument("--batch-sentences", type=int, default=8,
+    p.add_argument("--batch-sentences", type=int_at_least(1), default=8,
                    help="sentences decoded together (throughput only: scores are per sentence)")
 
     p = sub.add_parser("bench", help="latency and load benchmarks (tables + chart)")
@@ -136,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("latency", help="one sentence at a time, methods interleaved")
     b.add_argument("--dataset", default="conll2003")
     b.add_argument("--split", default="test")
-    b.add_argument("--limit", type=int, default=300)
+    b.add_argument("--limit", type=int_at_least(1), default=300)
     b.add_argument("--models", required=True, help="method=DIR[,method=DIR...] (padellm, ar_aug, ar_struct, onestep)")
     b.add_argument("--server", help="also time the padellm model through Triton at host:port")
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto")
     b.add_argument("--out", default="docs/benchmarks", help="folder for the table and chart")
-    b.add_argument("--max-new-tokens", type=int, default=160, help="token limit of the baselines' one sequence")
-    b.add_argument("--warmup", type=int, default=1, help="untimed passes before measuring")
+    b.add_argument("--max-new-tokens", type=int_at_least(1), default=160, help="token limit of the baselines' one sequence")
+    b.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed passes before measuring")
     b.add_argument("--name", help="file name stem of the outputs (default: from dataset, split, N, device)")
     b = bsub.add_parser("load", help="throughput and latency percentiles, served or in process")
     where = b.add_mutually_exclusive_group(required=True)
@@ -152,12 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "same concurrency, no Triton (what serving adds is the difference)")
     b.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N or auto")
     b.add_argument("--dtype", default="auto", help="--model: float32, bfloat16, float16 or auto")
-    b.add_argument("--batch-window-us", type=float, default=5000,
+    b.add_argument("--batch-window-us", type=float_at_least(0), default=5000,
                    help="--model: when idle, wait this long for more requests before a step (as served)")
     b.add_argument("--dataset", default="conll2003")
-    b.add_argument("--limit", type=int, default=200)
+    b.add_argument("--limit", type=int_at_least(1), default=200)
     b.add_argument("--concurrency", default="1,4,16,64")
-    b.add_argument("--duration", type=float, default=20.0)
+    b.add_argument("--duration", type=float_above(0), default=20.0)
     b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
     b.add_argument("--metrics-url", help="--server: the server's metrics endpoint (e.g. "
                                          "http://127.0.0.1:8002/metrics), to report the llm model's "
@@ -173,22 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="padellm,ar_struct,ar_aug,onestep")
     b.add_argument("--dataset", default="conll2003")
     b.add_argument("--base", default="smollm2-135m")
-    b.add_argument("--budget-minutes", type=float, default=9.0,
+    b.add_argument("--budget-minutes", type=float_above(0), default=9.0,
                    help="wall-clock budget; rerun the same command to continue after a cut")
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="float32",
                    help="evaluate and bench dtype (float32: scores comparable with CPU runs; bf16 "
                         "rounds the log-probs that counts and de-dup compare); training: bf16 autocast on CUDA")
-    b.add_argument("--epochs", type=float, default=4.0)
-    b.add_argument("--lr", type=float, default=5e-4)
-    b.add_argument("--warmup", type=float, default=0.03)
-    b.add_argument("--batch-tokens", type=int, default=8192)
-    b.add_argument("--micro-tokens", type=int, default=8192)
+    b.add_argument("--epochs", type=float_above(0), default=4.0)
+    b.add_argument("--lr", type=float_above(0), default=5e-4)
+    b.add_argument("--warmup", type=fraction, default=0.03)
+    b.add_argument("--batch-tokens", type=int_at_least(1), default=8192)
+    b.add_argument("--micro-tokens", type=int_at_least(1), default=8192)
     b.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--train-limit", type=int, default=None, help="training sentences (default: all)")
-    b.add_argument("--eval-limit", type=int, default=None, help="test sentences scored (default: all)")
-    b.add_argument("--latency-limit", type=int, default=100, help="test sentences timed")
+    b.add_argument("--train-limit", type=int_at_least(1), default=None, help="training sentences (default: all)")
+    b.add_argument("--eval-limit", type=int_at_least(1), default=None, help="test sentences scored (default: all)")
+    b.add_argument("--latency-limit", type=int_at_least(1), default=100, help="test sentences timed")
     b.add_argument("--export", metavar="DIR",
                    help="afterwards, a servable copy of each trained model with its card in DIR/<method>")
     return parser

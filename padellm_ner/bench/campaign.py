@@ -161,7 +161,7 @@ def plan_jobs(
     def train(method: str) -> Job:
         cap = []
         if budget_s:
-            minutes = f"{TRAIN_SHARE[method] * budget_s / 60:.2f}"
+            minutes = f"{max(TRAIN_SHARE[method] * budget_s / 60, 0.01):.2f}"  # NOTE: train refuses 0
             cap = ["--max-minutes", minutes, "--fit-schedule"]
         return Job(
             f"train {method}",

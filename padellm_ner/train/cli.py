@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from padellm_ner.cli_types import float_above, fraction, int_at_least
 from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.model_info import META_FILE
 from padellm_ner.models import BASE_MODELS
@@ -58,17 +59,17 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
     """Options beyond the ones ``padellm_ner.cli`` declares (defaults keep its behaviour)."""
     p.add_argument(
         "--zero-count-keep",
-        type=float,
+        type=fraction,
         default=1.0,
         help="fraction of zero-count PaDeLLM sequences kept (1.0 = all, as in the paper)",
     )
-    p.add_argument("--micro-tokens", type=int, default=1024, help="padded tokens per forward pass")
-    p.add_argument("--max-len", type=int, default=512, help="drop longer sequences")
+    p.add_argument("--micro-tokens", type=int_at_least(1), default=1024, help="padded tokens per forward pass")
+    p.add_argument("--max-len", type=int_at_least(1), default=512, help="drop longer sequences")
     p.add_argument(
-        "--max-minutes", type=float, default=None, help="stop and save after this wall time"
+        "--max-minutes", type=float_above(0), default=None, help="stop and save after this wall time"
     )
     p.add_argument(
-        "--stop-at-step", type=int, default=None,
+        "--stop-at-step", type=int_at_least(1), default=None,
         help="stop and save after this step, keeping the planned LR schedule "
         "(reproduces a run --max-minutes cut short; --max-steps shortens the schedule)",
     )
@@ -77,22 +78,22 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
         help="with --max-minutes: shorten the LR schedule, from the measured step time, so "
         "it decays to 0 inside the limit instead of being cut mid-schedule",
     )
-    p.add_argument("--log-every", type=int, default=10, help="log a JSON line every N steps")
-    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--log-every", type=int_at_least(1), default=10, help="log a JSON line every N steps")
+    p.add_argument("--keep-checkpoints", type=int_at_least(1), default=2)
     p.add_argument(
         "--pack",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="merge each sentence's sequences into one prefix tree (same loss, fewer tokens)",
     )
-    p.add_argument("--row-tokens", type=int, default=256, help="packing row length")
+    p.add_argument("--row-tokens", type=int_at_least(1), default=256, help="packing row length")
     p.add_argument(
         "--init-adapter",
         default=None,
         help="LoRA adapter folder to continue training (warm start; new schedule and data)",
     )
     p.add_argument(
-        "--skip", type=int, default=0, help="skip the first N training sentences of each dataset"
+        "--skip", type=int_at_least(0), default=0, help="skip the first N training sentences of each dataset"
     )
 
 

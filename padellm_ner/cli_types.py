@@ -1,0 +1,72 @@
+"""Argparse value types with bounds: a number out of range is a usage error (exit 2).
+
+Without them ``--limit -3`` slices ``sentences[:-3]`` (an evaluation of almost the whole
+test set) and ``--timeout 0`` or ``--batch-tokens 0`` fail later, deep in the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = ["int_at_least", "float_above", "float_at_least", "fraction", "port"]
+
+
+def _number(value: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A whole number ``>= minimum`` (``0``: a count that may be none; ``1``: at least one)."""
+
+    def parse(value: str) -> int:
+        n = int(_number(value, int))
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return n
+
+    return parse
+
+
+def float_above(minimum: float) -> Callable[[str], float]:
+    """A number strictly greater than ``minimum`` (a duration, a learning rate)."""
+
+    def parse(value: str) -> float:
+        x = float(_number(value, float))
+        if not x > minimum:  # NOTE: also refuses nan
+            raise argparse.ArgumentTypeError(f"must be greater than {minimum:g}, got {value}")
+        return x
+
+    return parse
+
+
+def float_at_least(minimum: float) -> Callable[[str], float]:
+    """A number ``>= minimum`` (a wait that may be zero)."""
+
+    def parse(value: str) -> float:
+        x = float(_number(value, float))
+        if not x >= minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {value}")
+        return x
+
+    return parse
+
+
+def fraction(value: str) -> float:
+    """A share in ``[0, 1]`` (warmup, the zero-count sequences kept)."""
+    x = float(_number(value, float))
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return x
+
+
+def port(value: str) -> int:
+    """A TCP port, 1..65535."""
+    n = int(_number(value, int))
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
+    return n
