@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -262,6 +263,7 @@ def run_evaluate(args: Namespace) -> int:
     if not args.dataset:
         raise InvalidInputError("--dataset is required (or --merge FILE ... to combine shards)")
     info = dataset_info(args.dataset)
+    _check_labels(args.labels, info.labels, args.dataset)
     examples = load_split(args.dataset, args.split)
     skip = int(getattr(args, "skip", 0) or 0)
     if skip < 0:
@@ -294,6 +296,21 @@ def run_evaluate(args: Namespace) -> int:
         print(f"{args.dataset}/{args.split}: {len(examples)} sentences{where}, model {args.model}")
         print(result.format_text())
     return 0
+
+
+def _check_labels(asked: Sequence[str] | None, known: Sequence[str], dataset: str) -> None:
+    """``--labels`` the dataset never tags score nothing but false positives: none known
+    is a mistake (a typo would cost a whole run); some unknown, a warning."""
+    if not asked:
+        return
+    unknown = [label for label in asked if label not in known]
+    if len(unknown) == len(asked):
+        raise InvalidInputError(
+            f"--labels {' '.join(asked)}: {dataset} tags none of them; its labels are {', '.join(known)}"
+        )
+    if unknown:
+        print(f"warning: {dataset} never tags {', '.join(unknown)}: those labels can only score "
+              "false positives", file=sys.stderr)
 
 
 def _run_merge(args: Namespace) -> int:

@@ -191,3 +191,13 @@ def test_bad_count_hedge_is_a_cli_error(value: str, capsys) -> None:
 
     assert main(["evaluate", "--dataset", "conll2003", "--count-hedge", value, "--limit", "1"]) == 2
     assert "--count-hedge" in capsys.readouterr().err
+
+
+def test_labels_the_dataset_never_tags_are_refused_before_the_model_loads(capsys) -> None:
+    """A typo in --labels (``PERSON`` for ``PER``) would cost a whole run that scores
+    only false positives; it is refused while nothing but the dataset has been read."""
+    from padellm_ner.cli import main
+
+    assert main(["evaluate", "--dataset", "conll2003", "--labels", "PERSON", "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "conll2003 tags none of them" in err and "PER" in err
