@@ -48,3 +48,26 @@ def test_serve_then_extract_through_the_server(tmp_path) -> None:
         log.close()
     assert code == 0, (tmp_path / "serve.log").read_text()
     assert "stopping" in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path, capsys) -> None:
+    import socket
+
+    from padellm_ner.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "padellm_ner.cli", "serve", "--grpc-port", str(taken),
+             "--repository", str(tmp_path / "repo")],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"--grpc-port {taken} on 127.0.0.1 is not free" in proc.stderr, proc.stderr
+    # NOTE: refused before anything was assembled (no repository), so no model loaded
+    assert "Traceback" not in proc.stderr and not (tmp_path / "repo").exists()
+    free = free_ports(1)[0]
+    assert main(["serve", "--grpc-port", str(free), "--http-port", str(free)]) == 2
+    assert f"--http-port and --grpc-port are both {free}" in capsys.readouterr().err

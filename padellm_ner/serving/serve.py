@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from padellm_ner.errors import InvalidInputError
-from padellm_ner.serving.triton_server import TritonServer, TritonServerError
+from padellm_ner.serving.triton_server import TritonServer, TritonServerError, check_ports_free
 
 __all__ = ["run_serve"]
 
@@ -29,6 +29,13 @@ def run_serve(args: argparse.Namespace) -> int:
     """Assemble (a temp dir unless ``--repository``), start tritonserver, wait for Ctrl-C/SIGTERM."""
     from padellm_build.assemble import assemble_repository
 
+    try:
+        check_ports_free(
+            args.host,
+            {"--grpc-port": args.grpc_port, "--http-port": args.http_port, "--metrics-port": args.metrics_port},
+        )
+    except TritonServerError as exc:
+        raise InvalidInputError(str(exc)) from exc
     temp = args.repository is None
     repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["TritonServer", "TritonServerError", "TritonInstall", "find_tritonserver", "free_ports"]
+__all__ = [
+    "TritonServer",
+    "TritonServerError",
+    "TritonInstall",
+    "check_ports_free",
+    "find_tritonserver",
+    "free_ports",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +89,30 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse ports that are taken or repeated, before the model loads (tritonserver
+    would find out seconds later and end with a gRPC stack trace in its log).
+
+    ``ports`` maps an option name (``--grpc-port``) to its port; 0 means "pick one". The
+    probe sets SO_REUSEADDR, as gRPC does, so only a listener makes a port taken.
+    """
+    given = {name: port for name, port in ports.items() if port}
+    seen: dict[int, str] = {}
+    for name, port in given.items():
+        if port in seen:
+            raise TritonServerError(f"{name} and {seen[port]} are both {port}; give each its own port")
+        seen[port] = name
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise TritonServerError(
+                    f"{name} {port} on {host} is not free ({exc.strerror}); pick another port "
+                    "or stop what listens there"
+                ) from None
 
 
 def stub_search_dir() -> str:
