@@ -268,6 +268,10 @@ def run_evaluate(args: Namespace) -> int:
     skip = int(getattr(args, "skip", 0) or 0)
     if skip < 0:
         raise InvalidInputError("--skip must be >= 0")
+    if examples and skip >= len(examples):
+        raise InvalidInputError(
+            f"--skip {skip} leaves no sentence: {args.dataset}/{args.split} has {len(examples)}"
+        )
     examples = examples[skip:]
     if args.limit is not None:
         examples = examples[: args.limit]

@@ -193,7 +193,7 @@ def test_bad_count_hedge_is_a_cli_error(value: str, capsys) -> None:
     assert "--count-hedge" in capsys.readouterr().err
 
 
-def test_labels_the_dataset_never_tags_are_refused_before_the_model_loads(capsys) -> None:
+def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(capsys) -> None:
     """A typo in --labels (``PERSON`` for ``PER``) would cost a whole run that scores
     only false positives; it is refused while nothing but the dataset has been read."""
     from padellm_ner.cli import main
@@ -201,3 +201,6 @@ def test_labels_the_dataset_never_tags_are_refused_before_the_model_loads(capsys
     assert main(["evaluate", "--dataset", "conll2003", "--labels", "PERSON", "--limit", "1"]) == 2
     err = capsys.readouterr().err
     assert "conll2003 tags none of them" in err and "PER" in err
+    # a shard past the end would have scored 0 sentences and exited 0
+    assert main(["evaluate", "--dataset", "conll2003", "--skip", "3453"]) == 2
+    assert "--skip 3453 leaves no sentence: conll2003/test has 3453" in capsys.readouterr().err
