@@ -384,6 +384,27 @@ def test_cli_writes_padellm_json(tiny_base: Path, tmp_path: Path) -> None:
     assert "set" in meta["eval"]["conll2003"]["f1"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--skip", "99999"], "no training sentences left after --skip 99999 (train sentences: conll2003 14041)"),
+        (["--limit", "3", "--max-len", "3"], "every training sequence is longer than --max-len 3 tokens"),
+    ],
+)
+def test_cli_with_nothing_to_train_is_a_clear_error(
+    tiny_base: Path, tmp_path: Path, extra: list[str], message: str, capsys
+) -> None:
+    """It used to end in a traceback (``ValueError: no training sequences``, exit 1) after
+    the model had loaded, and ``--skip`` past the data left a ``padellm.json`` behind."""
+    from padellm_ner.cli import main
+
+    out = tmp_path / "none"
+    argv = ["train", "--dataset", "conll2003", "--base", str(tiny_base), "--out", str(out), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("fmt", ["ar_aug", "ar_struct", "onestep"])
 def test_cli_baselines_and_concatenated_datasets(tiny_base: Path, tmp_path: Path, fmt: str) -> None:
     from padellm_ner.data import dataset_info

@@ -266,6 +266,12 @@ def run_train(args: argparse.Namespace) -> int:
         num_sentences[spec.name] = len(examples)
         groups.extend(render_groups(examples, spec, args.format, zero_keep, args.seed))
     pairs = [p for g in groups for p in g]
+    if not pairs:
+        have = ", ".join(f"{name} {n}" for name, n in num_available.items())
+        raise InvalidInputError(
+            f"no training sentences left after --skip {int(getattr(args, 'skip', 0) or 0)}"
+            f" (train sentences: {have})"
+        )
     num_zero = sum(is_zero_count(p) for p in pairs) if args.format == "padellm" else 0
 
     config = TrainConfig(
@@ -298,6 +304,10 @@ def run_train(args: argparse.Namespace) -> int:
     codec = PromptCodec(trainer.tokenizer, trainer.end_id)
     pack = bool(getattr(args, "pack", True))
     seqs = encode_units(groups, codec, getattr(args, "max_len", 512), pack)
+    if not seqs:
+        raise InvalidInputError(
+            f"every training sequence is longer than --max-len {getattr(args, 'max_len', 512)} tokens"
+        )
     print(
         f"train: {sum(num_sentences.values())} sentences -> {len(pairs)} pairs "
         f"({num_zero} zero-count), {sum(u.num_raw_tokens for u in seqs)} tokens "

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from padellm_ner.errors import InvalidInputError
 from padellm_ner.models import (
     BASE_MODELS,
     avoid_cudnn_attention,
@@ -333,7 +334,8 @@ class Trainer:
 
         cfg = self.config
         if not seqs:
-            raise ValueError("no training sequences")
+            # NOTE: e.g. every sequence longer than --max-len: the user's to fix
+            raise InvalidInputError("no training sequences (are they all longer than --max-len?)")
         units = [u if isinstance(u, PackedUnit) else pack_unit([u]) for u in seqs]
         lengths = [len(u) for u in units]
         plans: dict[int, list[Step]] = {}
