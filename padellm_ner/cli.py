@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from padellm_ner.cli_types import float_above, float_at_least, fraction, int_at_least, port
 from padellm_ner.errors import PadellmError
+from padellm_ner.models import DTYPES
 
 __all__ = ["main", "build_parser"]
 
@@ -25,6 +26,9 @@ _HANDLERS = {
     "evaluate": "padellm_ner.evaluate:run_evaluate",
     "bench": "padellm_ner.bench.cli:run_bench",
 }
+
+
+_DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 def _hedge_threshold(value: str) -> float:
@@ -42,7 +46,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help="'default' (embedded), a base name (smollm2-135m), an HF folder or a LoRA adapter folder")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES, help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-batch-size", type=int_at_least(1), default=64, help="sequences decoded together")
 
 
@@ -141,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", required=True, help="method=DIR[,method=DIR...] (padellm, ar_aug, ar_struct, onestep)")
     b.add_argument("--server", help="also time the padellm model through Triton at host:port")
     b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto")
+    b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES)
     b.add_argument("--out", default="docs/benchmarks", help="folder for the table and chart")
     b.add_argument("--max-new-tokens", type=int_at_least(1), default=160, help="token limit of the baselines' one sequence")
     b.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed passes before measuring")
@@ -152,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--model", help="in process instead: this model's engine and plan under the "
                                        "same concurrency, no Triton (what serving adds is the difference)")
     b.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N or auto")
-    b.add_argument("--dtype", default="auto", help="--model: float32, bfloat16, float16 or auto")
+    b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES, help="--model: the weights' dtype")
     b.add_argument("--batch-window-us", type=float_at_least(0), default=5000,
                    help="--model: when idle, wait this long for more requests before a step (as served)")
     b.add_argument("--dataset", default="conll2003")
@@ -177,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--budget-minutes", type=float_above(0), default=9.0,
                    help="wall-clock budget; rerun the same command to continue after a cut")
     b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="float32",
+    b.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES,
                    help="evaluate and bench dtype (float32: scores comparable with CPU runs; bf16 "
                         "rounds the log-probs that counts and de-dup compare); training: bf16 autocast on CUDA")
     b.add_argument("--epochs", type=float_above(0), default=4.0)

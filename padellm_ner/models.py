@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from padellm_ner.errors import PadellmError
+from padellm_ner.errors import InvalidInputError, PadellmError
 
 __all__ = [
     "BASE_MODELS",
@@ -34,9 +34,14 @@ __all__ = [
     "load_tokenizer",
     "end_token_id",
     "avoid_cudnn_attention",
+    "pick_device",
+    "DTYPES",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: the weight dtypes a model loads in (``auto`` resolves to one of them per device)
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ModelNotFoundError(PadellmError, FileNotFoundError):
@@ -211,6 +216,30 @@ class LoadedModel:
     is_adapter: bool
 
 
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; anything else is checked
+    here, so ``--device cuda`` on a CPU-only torch is a message, not an AssertionError
+    from deep inside the model's first ``.to()``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidInputError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidInputError(
+                f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu or auto"
+            )
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise InvalidInputError(
+                f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0"
+            )
+    return device
+
+
 def avoid_cudnn_attention(device: str) -> None:
     """On CUDA, keep scaled-dot-product attention off the cuDNN kernel.
 
@@ -242,6 +271,8 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)} (or auto)")
     torch_dtype = getattr(torch, dtype)
     avoid_cudnn_attention(device)
     path = resolve_model_dir(name_or_path)

@@ -47,3 +47,47 @@ def test_bounds_keep_the_values_in_use() -> None:
     assert (args.save_every, args.eval_limit, args.warmup, args.max_minutes) == (0, 0, 0.0, 8.5)
     args = build_parser().parse_args(["serve", "--batch-window-us", "0", "--grpc-port", "65535"])
     assert (args.batch_window_us, args.grpc_port) == (0, 65535)
+
+
+def test_unknown_dtype_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "x", "--dtype", "foo"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'foo'" in capsys.readouterr().err
+
+
+def test_devices_torch_cannot_use_are_clear_errors(capsys) -> None:
+    """``--device cuda`` on a CPU-only torch used to end in torch's AssertionError
+    ("Torch not compiled with CUDA enabled") once the model moved; ``serve`` started
+    tritonserver and let the llm model fail to load."""
+    import torch
+
+    from padellm_ner.errors import InvalidInputError
+    from padellm_ner.models import pick_device
+
+    assert pick_device("cpu") == "cpu" and pick_device("auto") in ("cpu", "cuda")
+    with pytest.raises(InvalidInputError, match="'gpu' is not a device"):
+        pick_device("gpu")
+    if torch.cuda.is_available():  # NOTE: on the GPU machine: a device number out of range
+        with pytest.raises(InvalidInputError, match="numbered from 0"):
+            pick_device(f"cuda:{torch.cuda.device_count()}")
+        return
+    for argv in (["extract", "x", "--device", "cuda"], ["serve", "--device", "cuda:0"],
+                 ["train", "--dataset", "conll2003", "--out", "o", "--device", "cuda", "--limit", "1"]):
+        assert main(argv) == 2, argv
+        assert "sees no CUDA GPU; use --device cpu or auto" in capsys.readouterr().err
+
+
+def test_train_paths_are_checked_before_anything_loads(tmp_path, capsys) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    cases = [
+        (["--out", str(a_file)], "is a file; give a folder"),
+        (["--out", str(tmp_path / "o"), "--init-adapter", str(tmp_path)], "is not a LoRA adapter folder"),
+        (["--out", str(tmp_path / "o"), "--init-adapter", "padellm_ner/assets/default-adapter", "--no-lora"],
+         "does not go with --no-lora"),
+    ]  # fmt: skip
+    for extra, message in cases:
+        assert main(["train", "--dataset", "conll2003", *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

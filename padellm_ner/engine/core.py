@@ -12,16 +12,11 @@ from padellm_ner.engine.runner import EngineStats, ModelRunner
 from padellm_ner.engine.scheduler import FcfsScheduler, SchedulerInterface
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.llm import GenerationRequest, StepOutput
+from padellm_ner.models import pick_device
 
 __all__ = ["StepOutput", "EngineCore", "pick_device", "pick_dtype"]
 
 logger = logging.getLogger(__name__)
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def pick_dtype(dtype: str, device: str) -> str:

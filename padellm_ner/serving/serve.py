@@ -36,6 +36,10 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     except TritonServerError as exc:
         raise InvalidInputError(str(exc)) from exc
+    if args.llm_backend == "python":
+        from padellm_ner.models import pick_device
+
+        pick_device(args.device)  # NOTE: the llm model would fail to load, seconds later
     temp = args.repository is None
     repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()

@@ -97,6 +97,20 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_paths(args: argparse.Namespace) -> None:
+    """``--out`` and ``--init-adapter`` checked before data or model load (each used to
+    fail with a traceback: FileExistsError, peft's ValueError)."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; give a folder for the trained model")
+    init = getattr(args, "init_adapter", None)
+    if init is not None:
+        if not args.lora:
+            raise InvalidInputError("--init-adapter continues a LoRA adapter; it does not go with --no-lora")
+        if not (Path(init) / "adapter_config.json").is_file():
+            raise InvalidInputError(f"--init-adapter {init} is not a LoRA adapter folder (no adapter_config.json)")
+
+
 def _read_labels_file(path: str) -> dict[str, str]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -247,6 +261,7 @@ def run_train(args: argparse.Namespace) -> int:
     zero_keep = float(getattr(args, "zero_count_keep", 1.0))
     if not 0.0 < zero_keep <= 1.0:
         raise InvalidInputError("--zero-count-keep must be in (0, 1]")
+    _check_paths(args)
     specs = load_datasets(args.dataset, args.labels_file)
     langs = {s.lang for s in specs}
     if len(langs) > 1:

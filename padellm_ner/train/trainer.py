@@ -28,6 +28,7 @@ from padellm_ner.models import (
     avoid_cudnn_attention,
     end_token_id,
     load_tokenizer,
+    pick_device,
     resolve_model_dir,
 )
 from padellm_ner.train.dataset import (
@@ -163,14 +164,6 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class Trainer:
     """Fine-tunes ``config.base`` on tokenized pairs and saves the result to ``config.out``."""
 
@@ -181,7 +174,7 @@ class Trainer:
         self.out = Path(config.out)
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = _pick_device(config.device)
+        self.device = pick_device(config.device)
         avoid_cudnn_attention(self.device)
         self.base_dir = resolve_model_dir(config.base)
         self.tokenizer = load_tokenizer(str(self.base_dir))
