@@ -91,3 +91,21 @@ def test_train_paths_are_checked_before_anything_loads(tmp_path, capsys) -> None
         assert main(["train", "--dataset", "conll2003", *extra]) == 2, extra
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_output_folder_is_checked_before_the_run(tmp_path, capsys) -> None:
+    """``bench latency --out FILE`` used to time every sentence, then fail writing the
+    table (FileExistsError); now nothing runs."""
+    a_file = tmp_path / "results"
+    a_file.write_text("x")
+    for argv in (
+        ["bench", "latency", "--models", "padellm=default", "--out", str(a_file)],
+        ["bench", "load", "--model", "default", "--out", str(a_file / "sub")],
+        ["bench", "campaign", "--out", str(a_file)],
+        ["bench", "campaign", "--out", str(tmp_path / "c"), "--export", str(a_file)],
+    ):
+        assert main(argv) == 2, argv
+        assert "a file is in the way; give a folder" in capsys.readouterr().err
+    assert main(["bench", "load", "--model", "default", "--metrics-url", "http://127.0.0.1:8002/metrics",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--metrics-url reads a server's counters" in capsys.readouterr().err

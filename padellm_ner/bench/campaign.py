@@ -341,8 +341,8 @@ def export_models(out: Path, dst: Path, methods: Sequence[str], machine: str) ->
 
 def run_campaign_cli(args: Any) -> int:
     """Handler of ``padellm-ner bench campaign``."""
-    from padellm_ner.bench.report import machine_info
-    from padellm_ner.engine.core import pick_device
+    from padellm_ner.bench.report import machine_info, output_dir
+    from padellm_ner.models import pick_device
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.budget_minutes <= 0:
@@ -352,8 +352,9 @@ def run_campaign_cli(args: Any) -> int:
         warmup=args.warmup, batch_tokens=args.batch_tokens, micro_tokens=args.micro_tokens,
         lora=args.lora, seed=args.seed, limit=args.train_limit,
     )  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out)
+    if getattr(args, "export", None):
+        output_dir(args.export, "--export")
     jobs = plan_jobs(out, recipe, methods, args.device, args.eval_limit, args.latency_limit,
                      args.dtype, budget_s=args.budget_minutes * 60)
     info = machine_info(pick_device(args.device))

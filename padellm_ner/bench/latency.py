@@ -574,6 +574,7 @@ def run_latency_cli(args: Any) -> int:
     from padellm_ner.data import dataset_info, load_split
 
     models = parse_models(args.models)
+    report.output_dir(args.out)
     if args.limit is not None and args.limit < 1:
         raise InvalidInputError("--limit must be at least 1")
     info = dataset_info(args.dataset)

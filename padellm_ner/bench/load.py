@@ -388,6 +388,11 @@ def run_load_cli(args: Any) -> int:
     model = getattr(args, "model", None)
     if not model:
         check_loopback(args.server)
+    elif getattr(args, "metrics_url", None):
+        raise InvalidInputError(
+            "--metrics-url reads a server's counters; with --model the engine's own are reported"
+        )
+    report.output_dir(args.out)
     levels = parse_concurrency(args.concurrency)
     if args.duration <= 0:
         raise InvalidInputError("--duration must be positive (seconds per level)")

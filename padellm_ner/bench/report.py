@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "output_dir",
     "Table",
     "MachineInfo",
     "machine_info",
@@ -157,6 +158,23 @@ def render_markdown(
     lines.append("")
     body = "\n".join(table.to_markdown() for table in tables)
     return "\n".join(lines) + "\n" + body
+
+
+def output_dir(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """Make the output folder before the run: a bench that ran for an hour must not
+    find out at the end that ``--out`` names a file or a folder it cannot write."""
+    from padellm_ner.errors import InvalidInputError
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidInputError(f"{option} {folder}: a file is in the way; give a folder") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{option} {folder}: cannot create it ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise InvalidInputError(f"{option} {folder}: not writable")
+    return folder
 
 
 def write_markdown(path: Path, text: str) -> Path:
