@@ -109,6 +109,13 @@ class JsonlJob:
             lines = input_path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read --input {input_path}: {exc}") from exc
+        if output_path.resolve() == input_path.resolve():
+            raise InvalidInputError(f"--output {output_path} is the --input file; give another path")
+        try:
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            output_path.open("a", encoding="utf-8").close()  # NOTE: writable, before the model loads
+        except OSError as exc:
+            raise InvalidInputError(f"cannot write --output {output_path}: {exc.strerror or exc}") from exc
         done = _read_done(output_path)
         if done > len(lines):
             raise InvalidInputError(

@@ -77,6 +77,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["--input", "x.jsonl"], "--input needs --output"),
         (["--input", "latin1.jsonl", "--output", "o.jsonl"], "cannot read --input latin1.jsonl"),
         (["--input", "short.jsonl", "--output", "long.jsonl"], "is --output from another input?"),
+        (["--input", "short.jsonl", "--output", "./short.jsonl"], "is the --input file"),
+        (["--input", "short.jsonl", "--output", "short.jsonl/o.jsonl"], "cannot write --output short.jsonl/o.jsonl"),
         (["Japan .", "--count-hedge", "1.5"], "--count-hedge is 1.5"),
         (["Japan .", "--count-hedge", "0.5", "--server", "127.0.0.1:1"], "the server's setting"),
     ],
