@@ -193,7 +193,7 @@ def test_bad_count_hedge_is_a_cli_error(value: str, capsys) -> None:
     assert "--count-hedge" in capsys.readouterr().err
 
 
-def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(capsys) -> None:
+def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(tmp_path, capsys) -> None:
     """A typo in --labels (``PERSON`` for ``PER``) would cost a whole run that scores
     only false positives; it is refused while nothing but the dataset has been read."""
     from padellm_ner.cli import main
@@ -201,6 +201,12 @@ def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(c
     assert main(["evaluate", "--dataset", "conll2003", "--labels", "PERSON", "--limit", "1"]) == 2
     err = capsys.readouterr().err
     assert "conll2003 tags none of them" in err and "PER" in err
+    # a folder whose files read but tag nothing (plain text) would have failed after the load
+    untagged = tmp_path / "untagged"
+    untagged.mkdir()
+    (untagged / "test.txt").write_text("hello world\nthis is not conll\n")
+    assert main(["evaluate", "--dataset", str(untagged), "--split", "test"]) == 2
+    assert "tags no entity in any split" in capsys.readouterr().err
     # a shard past the end would have scored 0 sentences and exited 0
     assert main(["evaluate", "--dataset", "conll2003", "--skip", "3453"]) == 2
     assert "--skip 3453 leaves no sentence: conll2003/test has 3453" in capsys.readouterr().err
