@@ -263,11 +263,7 @@ def run_evaluate(args: Namespace) -> int:
     if not args.dataset:
         raise InvalidInputError("--dataset is required (or --merge FILE ... to combine shards)")
     info = dataset_info(args.dataset)
-    if not info.labels:
-        raise InvalidInputError(
-            f"dataset {args.dataset!r} tags no entity in any split: is it in a supported "
-            "format (CoNLL columns `token TAG` with BIO tags, or JSON lines)?"
-        )
+    info.require_labels(args.dataset)
     _check_labels(args.labels, info.labels, args.dataset)
     examples = load_split(args.dataset, args.split)
     skip = int(getattr(args, "skip", 0) or 0)

@@ -78,17 +78,21 @@ def test_devices_torch_cannot_use_are_clear_errors(capsys) -> None:
         assert "sees no CUDA GPU; use --device cpu or auto" in capsys.readouterr().err
 
 
-def test_train_paths_are_checked_before_anything_loads(tmp_path, capsys) -> None:
+def test_train_inputs_are_checked_before_anything_loads(tmp_path, capsys) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
+    untagged = tmp_path / "untagged"
+    untagged.mkdir()
+    (untagged / "train.txt").write_text("hello world\nthis is not conll\n")
     cases = [
+        (["--out", str(tmp_path / "o"), "--dataset", str(untagged)], "tags no entity in any split"),
         (["--out", str(a_file)], "is a file; give a folder"),
         (["--out", str(tmp_path / "o"), "--init-adapter", str(tmp_path)], "is not a LoRA adapter folder"),
         (["--out", str(tmp_path / "o"), "--init-adapter", "padellm_ner/assets/default-adapter", "--no-lora"],
          "does not go with --no-lora"),
     ]  # fmt: skip
     for extra, message in cases:
-        assert main(["train", "--dataset", "conll2003", *extra]) == 2, extra
+        assert main(["train", "--dataset", "conll2003", *extra]) == 2, extra  # NOTE: a later --dataset wins
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

@@ -95,6 +95,16 @@ class DatasetInfo:
     def word(self, tag: str) -> str:
         return self.label_words.get(tag, tag)
 
+    def require_labels(self, shown: str | None = None) -> DatasetInfo:
+        """Self, or a clear error when no split tags any entity: files that read (two
+        columns of plain text) but in no supported format, caught before a model loads."""
+        if not self.labels:
+            raise InvalidInputError(
+                f"dataset {shown or self.name!r} tags no entity in any split: is it in a "
+                "supported format (CoNLL columns `token TAG` with BIO tags, or JSON lines)?"
+            )
+        return self
+
 
 def datasets_root() -> Path:
     """``$PADELLM_DATASETS``, else ``<repo>/../shared/datasets``, else ``./../shared/datasets``."""

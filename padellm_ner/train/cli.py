@@ -136,7 +136,7 @@ def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpe
     override = _read_labels_file(labels_file) if labels_file else None
     specs = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
-        info = dataset_info(name)
+        info = dataset_info(name).require_labels(name)
         tags = list(info.labels)
         words = {tag: info.word(tag) for tag in tags}
         if override is not None:
@@ -283,9 +283,11 @@ def run_train(args: argparse.Namespace) -> int:
     pairs = [p for g in groups for p in g]
     if not pairs:
         have = ", ".join(f"{name} {n}" for name, n in num_available.items())
+        skip = int(getattr(args, "skip", 0) or 0)
         raise InvalidInputError(
-            f"no training sentences left after --skip {int(getattr(args, 'skip', 0) or 0)}"
-            f" (train sentences: {have})"
+            f"no training sentences left after --skip {skip} (train sentences: {have})"
+            if skip
+            else f"no training sequences from the train split ({have} sentences)"
         )
     num_zero = sum(is_zero_count(p) for p in pairs) if args.format == "padellm" else 0
 
