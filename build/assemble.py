@@ -129,6 +129,10 @@ def assemble_repository(
     Returns:
         The repository folder.
     """
+    if llm_backend == "tensorrtllm" and not engine_dir:
+        # NOTE: the template's gpt_model_path; without it the fill fails on a placeholder
+        raise ValueError("llm_backend 'tensorrtllm' needs engine_dir, the TensorRT-LLM engine "
+                         "folder (build/trtllm/README.md)")
     out = Path(out_dir)
     template_dir = Path(template_dir)
     model = portable_model(model, check_model)
@@ -212,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         help="keep --model as given even if it is not a folder here (deploying to another host)",
     )
     args = parser.parse_args(argv)
+    if args.llm_backend == "tensorrtllm" and not args.engine_dir:
+        parser.error("--llm-backend tensorrtllm needs --engine-dir (the TensorRT-LLM engine folder)")
     out = assemble_repository(
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,

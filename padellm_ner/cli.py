@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--repository", help="where to assemble the model repository (default: a temp dir)")
     p.add_argument("--labels", nargs="+", help="default labels of the served model")
-    p.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
+    p.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python",
+                   help="tensorrtllm: a tritonserver that has NVIDIA's tensorrtllm backend (not "
+                        "the one bundled here) and --engine-dir")
+    p.add_argument("--engine-dir", help="--llm-backend tensorrtllm: the TensorRT-LLM engine folder")
     p.add_argument(
         "--llm-transport", choices=["grpc", "bls"], default="grpc",
         help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS",

@@ -113,3 +113,17 @@ def test_bench_output_folder_is_checked_before_the_run(tmp_path, capsys) -> None
     assert main(["bench", "load", "--model", "default", "--metrics-url", "http://127.0.0.1:8002/metrics",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--metrics-url reads a server's counters" in capsys.readouterr().err
+
+
+def test_serve_with_tensorrtllm_says_what_it_needs(tmp_path, capsys) -> None:
+    """The tritonserver of nvidia-pytriton has no tensorrtllm backend (a fact of this
+    machine, checked, not faked); ``serve`` used to die in the template fill with a
+    TemplateError traceback (no engine_dir)."""
+    from padellm_build.assemble import assemble_repository
+
+    assert main(["serve", "--llm-backend", "tensorrtllm"]) == 2
+    assert "needs --engine-dir" in capsys.readouterr().err
+    assert main(["serve", "--llm-backend", "tensorrtllm", "--engine-dir", str(tmp_path)]) == 2
+    assert "has no tensorrtllm backend" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs engine_dir"):
+        assemble_repository(tmp_path / "repo", "default", llm_backend="tensorrtllm")

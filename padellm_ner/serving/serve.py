@@ -25,6 +25,28 @@ def _on_sigterm(signum, frame) -> None:
     raise _Terminated
 
 
+def _check_tensorrtllm(engine_dir: str | None) -> None:
+    """``--llm-backend tensorrtllm`` needs an engine and a server that has the backend;
+    the tritonserver bundled with nvidia-pytriton has only the Python backend."""
+    from padellm_ner.serving.triton_server import find_tritonserver
+
+    if not engine_dir:
+        raise InvalidInputError("--llm-backend tensorrtllm needs --engine-dir (the TensorRT-LLM engine folder)")
+    if not Path(engine_dir).is_dir():
+        raise InvalidInputError(f"--engine-dir {engine_dir} is not a folder")
+    try:
+        backends = find_tritonserver().backend_dir
+    except TritonServerError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    if not (backends / "tensorrtllm").is_dir():
+        raise InvalidInputError(
+            f"this tritonserver ({backends.parent}) has no tensorrtllm backend; assemble the "
+            "repository with `python -m padellm_build.assemble --llm-backend tensorrtllm "
+            "--engine-dir DIR` and run it in NVIDIA's TensorRT-LLM Triton container "
+            "(build/trtllm/README.md)"
+        )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Assemble (a temp dir unless ``--repository``), start tritonserver, wait for Ctrl-C/SIGTERM."""
     from padellm_build.assemble import assemble_repository
@@ -40,6 +62,8 @@ def run_serve(args: argparse.Namespace) -> int:
         from padellm_ner.models import pick_device
 
         pick_device(args.device)  # NOTE: the llm model would fail to load, seconds later
+    else:
+        _check_tensorrtllm(getattr(args, "engine_dir", None))
     temp = args.repository is None
     repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()
@@ -59,6 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             max_batch_size=args.max_batch_size,
+            engine_dir=getattr(args, "engine_dir", None),
             overwrite=ours,
         )
         server = TritonServer(
