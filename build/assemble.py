@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from padellm_build.fill_template import fill, placeholders
+from padellm_ner.errors import PadellmError
 from padellm_ner.model_info import META_FILE, read_model_info
 
 __all__ = ["TEMPLATE_DIR", "DEFAULT_LABELS", "assemble_repository", "model_labels", "main"]
@@ -137,9 +138,14 @@ def assemble_repository(
     template_dir = Path(template_dir)
     model = portable_model(model, check_model)
     engine_dir = str(Path(engine_dir).expanduser().resolve()) if engine_dir else engine_dir
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; give a folder for the model repository")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty (pass overwrite=True / --overwrite)")
+        if not (out / "padellm" / "config.pbtxt").is_file():
+            # NOTE: --overwrite replaces a repository this wrote, never any other folder
+            raise FileExistsError(f"{out} is not a padellm-ner model repository; refusing to delete it")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded_labels, recorded_lang = model_labels(model)
@@ -218,14 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.llm_backend == "tensorrtllm" and not args.engine_dir:
         parser.error("--llm-backend tensorrtllm needs --engine-dir (the TensorRT-LLM engine folder)")
-    out = assemble_repository(
+    try:
+        out = _assemble_from_args(args)
+    except (OSError, ValueError, PadellmError) as exc:  # NOTE: TemplateError is a ValueError
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print(out)
+    return 0
+
+
+def _assemble_from_args(args: argparse.Namespace) -> Path:
+    return assemble_repository(
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
         engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url,
         batch_window_us=args.batch_window_us, count_hedge=args.count_hedge, overwrite=args.overwrite, check_model=not args.no_check_model,
     )
-    print(out)
-    return 0
 
 
 if __name__ == "__main__":

@@ -92,6 +92,14 @@ def test_assemble_python_repository(tmp_path):
     assert (repo / "llm" / "1" / "model.py").exists() and "${" not in (repo / "llm" / "config.pbtxt").read_text()
     with pytest.raises(FileExistsError):
         assemble_repository(repo, "/nonexistent-model", check_model=False)
+    assert assemble_repository(repo, "/nonexistent-model", check_model=False, overwrite=True) == repo
+    # --overwrite replaces a repository it wrote, never another folder (it used to rmtree it)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a padellm-ner model repository"):
+        assemble_repository(other, "/nonexistent-model", check_model=False, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
     bls = assemble_repository(tmp_path / "b", "/nonexistent-model", llm_transport="bls", check_model=False)
     assert 'key: "llm_transport" value: { string_value: "bls" }' in (bls / "padellm" / "config.pbtxt").read_text()
     assert 'key: "batch_window_us"' not in (repo / "llm" / "config.pbtxt").read_text()  # the model's 5 ms
