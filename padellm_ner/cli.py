@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int_at_least(0), default=200, help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an --out that already holds a trained model, replacing it")
     p.add_argument("--eval-limit", type=int_at_least(0), default=200, help="dev sentences evaluated at the end")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")

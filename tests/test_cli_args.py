@@ -127,3 +127,14 @@ def test_serve_with_tensorrtllm_says_what_it_needs(tmp_path, capsys) -> None:
     assert "has no tensorrtllm backend" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs engine_dir"):
         assemble_repository(tmp_path / "repo", "default", llm_backend="tensorrtllm")
+
+
+def test_train_does_not_replace_a_trained_model_unless_told(tmp_path, capsys) -> None:
+    """A rerun of the same command used to overwrite the finished adapter in --out."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"hours of training")
+    assert main(["train", "--dataset", "conll2003", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a trained model (adapter_model.safetensors)" in err and "--overwrite" in err
+    assert (out / "adapter_model.safetensors").read_bytes() == b"hours of training"

@@ -64,7 +64,7 @@ class Recipe:
             "--lr", f"{self.lr:g}", "--warmup", f"{self.warmup:g}",
             "--batch-tokens", str(self.batch_tokens), "--micro-tokens", str(self.micro_tokens),
             "--seed", str(self.seed), "--lora-r", str(self.lora_r), "--save-every", "0",
-            "--eval-limit", "0",
+            "--eval-limit", "0", "--overwrite",
         ]  # fmt: skip
         if not self.lora:
             args.append("--no-lora")

@@ -97,12 +97,24 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: what a finished (or checkpointed) run leaves in --out
+_TRAINED_FILES = ("adapter_model.safetensors", "model.safetensors", "checkpoints")
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     """``--out`` and ``--init-adapter`` checked before data or model load (each used to
     fail with a traceback: FileExistsError, peft's ValueError)."""
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out} is a file; give a folder for the trained model")
+    trained = [name for name in _TRAINED_FILES if (out / name).exists()]
+    if trained and not (args.resume or getattr(args, "overwrite", False)):
+        # NOTE: as HF's example scripts refuse a non-empty output_dir: a rerun must not
+        # silently replace hours of training
+        raise InvalidInputError(
+            f"--out {out} already holds a trained model ({', '.join(trained)}); pass --resume "
+            "to continue it, --overwrite to replace it, or another --out"
+        )
     init = getattr(args, "init_adapter", None)
     if init is not None:
         if not args.lora:
