@@ -13,6 +13,8 @@ from enum import Enum
 
 import numpy as np
 
+from padellm_ner.errors import InvalidInputError
+from padellm_ner.labels import MAX_LABEL_CHARS, MAX_NUM_LABELS, check_labels
 from padellm_ner.plan import Dedup
 
 __all__ = [
@@ -27,9 +29,6 @@ __all__ = [
     "MAX_NUM_LABELS",
 ]
 
-#: NOTE: a label becomes part of every prompt; bound it so one request can't blow up.
-MAX_LABEL_CHARS = 100
-MAX_NUM_LABELS = 64
 
 
 class ErrorCode(str, Enum):
@@ -166,16 +165,13 @@ def parse_request(
                 "LABELS is empty; send at least one entity label (e.g. PER) or omit LABELS "
                 "for the server's defaults"
             )
-        if flat.size > MAX_NUM_LABELS:
+        if flat.size > MAX_NUM_LABELS:  # NOTE: before decoding them all
             raise RequestValidationError(f"LABELS has {flat.size} labels; at most {MAX_NUM_LABELS} per request")
-        names = []
-        for i, item in enumerate(flat):
-            name = _decode(item, f"LABELS[{i}]").strip()
-            if not name or "\x00" in name:
-                raise RequestValidationError(f"LABELS[{i}] is empty or contains NUL; send label names like PER")
-            if len(name) > MAX_LABEL_CHARS:
-                raise RequestValidationError(f"LABELS[{i}] is longer than {MAX_LABEL_CHARS} characters")
-            names.append(name)
+        decoded = [_decode(item, f"LABELS[{i}]") for i, item in enumerate(flat)]
+        try:
+            names = check_labels(decoded, "LABELS")  # NOTE: the rules the in-process Extractor applies
+        except InvalidInputError as exc:
+            raise RequestValidationError(str(exc)) from None
 
     count = default_max_mentions
     raw_count = _single(max_mentions, "MAX_MENTIONS")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from padellm_ner.errors import InvalidInputError, PadellmError
+from padellm_ner.labels import check_labels
 from padellm_ner.types import Entity
 
 __all__ = ["run_extract", "render_table", "JsonlJob", "process_jsonl"]
@@ -177,8 +178,8 @@ def run_extract(args: Namespace) -> int:
         raise InvalidInputError("--input needs --output (the results file; reruns resume it)")
     if args.text is not None and not args.text.strip():
         raise InvalidInputError("the text is empty; pass the sentence to analyse")
-    if args.labels is not None and not [x for x in args.labels if x.strip()]:
-        raise InvalidInputError("--labels is empty; name at least one entity type")
+    if args.labels is not None:
+        args.labels = check_labels(args.labels, "--labels")
     if args.input and not Path(args.input).is_file():
         raise InvalidInputError(f"--input {args.input} does not exist")
     job = JsonlJob.open(Path(args.input), Path(args.output)) if args.input else None

@@ -17,6 +17,7 @@ from padellm_ner.baseline_plan import BaselinePlan, arun_baseline, run_baselines
 from padellm_ner.codec import PromptCodec
 from padellm_ner.engine import TorchLLM
 from padellm_ner.errors import InvalidInputError
+from padellm_ner.labels import check_labels
 from padellm_ner.llm import LLM, AsyncLLM
 from padellm_ner.model_info import ModelInfo, detect_lang, read_model_info, retag
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, arun_plan, run_plans
@@ -143,9 +144,7 @@ class Extractor:
         langs: Sequence[str | None] | None,
     ) -> tuple[list[str], list[str]]:
         """The labels (default: the model's) and each text's language, or a clear error."""
-        labels = list(labels) if labels is not None else self.default_labels
-        if not labels:
-            raise InvalidInputError("labels is empty; name at least one entity type")
+        labels = check_labels(list(labels) if labels is not None else self.default_labels)
         langs = list(langs) if langs is not None else [None] * len(texts)
         if len(langs) != len(texts):
             raise InvalidInputError(f"{len(texts)} texts but {len(langs)} languages")

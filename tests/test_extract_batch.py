@@ -86,3 +86,13 @@ def test_concurrent_aextract_equals_one_at_a_time(extractor: Extractor, method: 
     # the sentences shared engine steps: fewer prefills than requests
     prefills = after.num_prefill_forwards - before.num_prefill_forwards
     assert prefills < sum(o.num_sequences for o in alone)
+
+
+def test_labels_follow_the_served_rules_in_process(extractor: Extractor) -> None:
+    """One line, not empty, at most 64: what the orchestrator refuses, ``extract`` refuses
+    too (it used to put a newline into the prompt and answer with label 'PER\\nLOC')."""
+    for labels, message in ((["PER\nLOC"], r"labels\[0\] contains the control character"),
+                            (["PER", ""], r"labels\[1\] is empty"),
+                            ([f"L{i}" for i in range(65)], "at most 64")):
+        with pytest.raises(InvalidInputError, match=message):
+            extractor.extract("Japan beat Korea .", labels)

@@ -75,6 +75,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ([], "either a TEXT argument or --input"),
         (["--input", "missing.jsonl", "--output", "o.jsonl"], "does not exist"),
         (["--input", "x.jsonl"], "--input needs --output"),
+        (["Japan .", "--labels", "PER", "LOC\nORG"], "--labels[1] contains the control character '\\n'"),
+        (["Japan .", "--labels", "PER", " "], "--labels[1] is empty"),
         (["--input", "latin1.jsonl", "--output", "o.jsonl"], "cannot read --input latin1.jsonl"),
         (["--input", "short.jsonl", "--output", "long.jsonl"], "is --output from another input?"),
         (["--input", "short.jsonl", "--output", "./short.jsonl"], "is the --input file"),

@@ -228,6 +228,8 @@ BAD_INPUTS = {
     "nul": (ner_inputs("Paris\x00London"), "NUL"),
     "too_long": (ner_inputs("a" * (SERVED_MAX_TEXT_CHARS + 1)), str(SERVED_MAX_TEXT_CHARS)),
     "no_labels": ({**ner_inputs("EU rejects German call ."), "LABELS": np.array([], dtype=np.object_)}, "LABELS"),
+    "label_newline": ({**ner_inputs("EU rejects German call ."), "LABELS": np.array([b"PER", b"ORG\nX"], dtype=np.object_)},
+                      "LABELS[1] contains the control character"),
     "bad_dedup": (ner_inputs("EU rejects German call .", dedup="maybe"), "DEDUP"),
     "bad_max_mentions": (ner_inputs("EU rejects German call .", max_mentions=0), "MAX_MENTIONS"),
 }
