@@ -163,6 +163,11 @@ def _process_line(
             raise InvalidInputError('each line must be a JSON object with a "text" string')
         record_id = item.get("id", number)
         labels = item.get("labels") or default_labels
+        if isinstance(labels, str) or not (
+            labels is None or (isinstance(labels, list) and all(isinstance(x, str) for x in labels))
+        ):
+            # NOTE: a bare string would be read as its letters
+            raise InvalidInputError('"labels" must be a list of strings, e.g. ["PER", "LOC"]')
         entities = extract(item["text"], labels)
         return {"id": record_id, "text": item["text"], "entities": [e.to_dict() for e in entities]}
     except json.JSONDecodeError as exc:

@@ -38,13 +38,15 @@ def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn)
         json.dumps({"text": "   "}),
         json.dumps({"id": 7, "text": "Peter Blackburn", "labels": ["PER"]}),
         json.dumps("BRUSSELS 1996-08-22"),
+        json.dumps({"text": "Peter Blackburn", "labels": "PER"}),
     ]
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     done, errors = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
-    assert (done, errors) == (5, 2)
+    assert (done, errors) == (6, 3)
     records = [json.loads(x) for x in out.read_text().splitlines()]
-    assert len(records) == 5
+    assert len(records) == 6
+    assert "must be a list of strings" in records[5]["error"]
     assert records[0]["id"] == "a" and "entities" in records[0]
     assert "invalid JSON" in records[1]["error"]
     assert "text is empty" in records[2]["error"]
@@ -54,7 +56,7 @@ def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn)
     out.write_text(first_three)
     calls_before = len(extract_fn.calls)
     done, _ = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
-    assert done == 2  # the torn line is redone, nothing before it
+    assert done == 3  # the torn line is redone, nothing before it
     assert extract_fn.calls[calls_before:] == ["Peter Blackburn", "BRUSSELS 1996-08-22"]
     assert [json.loads(x) for x in out.read_text().splitlines()] == records
 
