@@ -144,7 +144,7 @@ class Extractor:
         langs: Sequence[str | None] | None,
     ) -> tuple[list[str], list[str]]:
         """The labels (default: the model's) and each text's language, or a clear error."""
-        labels = check_labels(list(labels) if labels is not None else self.default_labels)
+        labels = check_labels(labels if labels is not None else self.default_labels)
         langs = list(langs) if langs is not None else [None] * len(texts)
         if len(langs) != len(texts):
             raise InvalidInputError(f"{len(texts)} texts but {len(langs)} languages")

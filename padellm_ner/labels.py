@@ -9,7 +9,7 @@ in-process ``Extractor`` did not; both now call ``check_labels``.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from padellm_ner.errors import InvalidInputError
 
@@ -19,14 +19,19 @@ MAX_LABEL_CHARS = 100
 MAX_NUM_LABELS = 64
 
 
-def check_labels(labels: Sequence[str], what: str = "labels") -> list[str]:
+def check_labels(labels: Iterable[str], what: str = "labels") -> list[str]:
     """The names stripped, or ``InvalidInputError`` naming the first bad one (``what[i]``)."""
+    if isinstance(labels, (str, bytes)):
+        raise InvalidInputError(f"{what} must be a list of names, not one string ({labels!r})")
+    labels = list(labels)
     if not labels:
         raise InvalidInputError(f"{what} is empty; name at least one entity type (e.g. PER)")
     if len(labels) > MAX_NUM_LABELS:
         raise InvalidInputError(f"{what} has {len(labels)} labels; at most {MAX_NUM_LABELS} per request")
     names = []
     for i, raw in enumerate(labels):
+        if not isinstance(raw, str):
+            raise InvalidInputError(f"{what}[{i}] is a {type(raw).__name__}, not a string")
         name = raw.strip()
         if not name:
             raise InvalidInputError(f"{what}[{i}] is empty; send label names like PER")

@@ -93,6 +93,7 @@ def test_labels_follow_the_served_rules_in_process(extractor: Extractor) -> None
     too (it used to put a newline into the prompt and answer with label 'PER\\nLOC')."""
     for labels, message in ((["PER\nLOC"], r"labels\[0\] contains the control character"),
                             (["PER", ""], r"labels\[1\] is empty"),
-                            ([f"L{i}" for i in range(65)], "at most 64")):
+                            ([f"L{i}" for i in range(65)], "at most 64"),
+                            ("PER", "not one string")):
         with pytest.raises(InvalidInputError, match=message):
             extractor.extract("Japan beat Korea .", labels)
