@@ -36,6 +36,9 @@ class EvalResult:
     # NOTE: a threshold sweep (one decode at the highest, resolved at each): the
     # entities differ per threshold, the decode cost fields are the decode's.
     sweep: list[EvalResult] = field(default_factory=list)
+    # NOTE: which sentences these are (``run_evaluate`` sets it): model, dataset, split,
+    # first sentence and count, so ``--merge`` can refuse shards that do not fit together
+    shard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = self.report.to_dict()
@@ -52,6 +55,8 @@ class EvalResult:
         )
         if self.sweep:
             out["sweep"] = [part.to_dict() for part in self.sweep]
+        if self.shard is not None:
+            out["shard"] = dict(self.shard)
         return out
 
     def format_text(self) -> str:
@@ -112,6 +117,7 @@ def result_from_dict(data: dict[str, Any]) -> EvalResult:
         _optional(data, "count_hedge"),
         _optional(data, "hedge_branches"),
         [result_from_dict(part) for part in data.get("sweep") or []],
+        dict(data["shard"]) if isinstance(data.get("shard"), dict) else None,
     )
 
 
@@ -125,6 +131,7 @@ def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
     means are weighted by sentences (tokens per sequence by sequences)."""
     if not parts:
         raise InvalidInputError("nothing to merge")
+    shard = _merged_shard([p.shard for p in parts])
     report = F1Report()
     for part in parts:
         r = part.report
@@ -166,7 +173,33 @@ def merge_results(parts: Sequence[EvalResult]) -> EvalResult:
         parts[0].count_hedge,
         share("hedge_branches"),
         sweep,
+        shard,
     )
+
+
+def _merged_shard(shards: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The shards' sentences together, or an error when they are not of one run: another
+    model, dataset or split, or sentences counted twice (a file given twice, overlapping
+    ``--skip``/``--limit`` ranges). Reports without the record (older ones) merge as before."""
+    known = [s for s in shards if s is not None]
+    if not known:
+        return None
+    for key in ("model", "dataset", "split"):
+        values = sorted({str(s.get(key)) for s in known})
+        if len(values) > 1:
+            raise InvalidInputError(f"the shards are of different {key}s: {', '.join(values)}")
+    spans = sorted((int(s["skip"]), int(s["skip"]) + int(s["sentences"])) for s in known)
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise InvalidInputError(
+                f"the shards overlap: sentences {a0}..{a1} and {b0}..{b1} (each sentence must be "
+                "in one shard, or it is counted twice)"
+            )
+    first = known[0]
+    return {
+        "model": first.get("model"), "dataset": first.get("dataset"), "split": first.get("split"),
+        "skip": spans[0][0], "sentences": sum(b - a for a, b in spans),
+    }  # fmt: skip
 
 
 def evaluate_model(
@@ -294,6 +327,8 @@ def run_evaluate(args: Namespace) -> int:
     labels = args.labels or info.labels
     # NOTE: the progress bar goes to stderr, so `--json` keeps stdout clean for a file.
     result = evaluate_model(extractor, examples, labels, batch_sentences=args.batch_sentences)
+    result.shard = {"model": _as_given(args.model), "dataset": _as_given(args.dataset),
+                    "split": args.split, "skip": skip, "sentences": len(examples)}  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:
@@ -316,6 +351,13 @@ def _check_labels(asked: Sequence[str] | None, known: Sequence[str], dataset: st
     if unknown:
         print(f"warning: {dataset} never tags {', '.join(unknown)}: those labels can only score "
               "false positives", file=sys.stderr)
+
+
+def _as_given(name: str) -> str:
+    """A name as is, a folder as its absolute path (``runs/x`` and ``./runs/x`` agree)."""
+    from pathlib import Path
+
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def _run_merge(args: Namespace) -> int:

@@ -13,6 +13,7 @@ import re
 import pytest
 
 from padellm_ner.codec import PromptCodec
+from padellm_ner.errors import InvalidInputError
 from padellm_ner.evaluate import evaluate_model
 from padellm_ner.extraction import Extractor
 from padellm_ner.llm import GenerationRequest, GenerationResult
@@ -121,6 +122,18 @@ def test_shards_merge_to_the_whole(extractor: Extractor, tmp_path, capsys) -> No
     (tmp_path / "bad.json").write_text("{}")
     assert main(["evaluate", "--merge", str(tmp_path / "bad.json")]) == 2
     assert "not an `evaluate --json` report" in capsys.readouterr().err
+
+    # shards that are not of one run are refused: the same file twice, another model
+    run = {"model": "m", "dataset": "conll2003", "split": "test"}
+    parts[0].shard, parts[1].shard = {**run, "skip": 0, "sentences": 1}, {**run, "skip": 1, "sentences": 2}
+    assert merge_results(parts).shard == {**run, "skip": 0, "sentences": 3}
+    for i, part in enumerate(parts):
+        files[i].write_text(json.dumps(part.to_dict()))
+    assert main(["evaluate", "--merge", str(files[0]), str(files[1]), str(files[1])]) == 2
+    assert "the shards overlap: sentences 1..3 and 1..3" in capsys.readouterr().err
+    parts[1].shard["model"] = "other"
+    with pytest.raises(InvalidInputError, match="different models: m, other"):
+        merge_results(parts)
 
 
 def test_batching_sentences_does_not_change_the_report(extractor: Extractor) -> None:
