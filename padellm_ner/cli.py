@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="JSONL file, one {\"text\": ...} (or {\"id\", \"text\", \"labels\"}) per line")
     p.add_argument("--output", help="JSONL output (with --input); a rerun skips lines already done")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--batch-sentences", type=int_at_least(1), default=8,
+                   help="with --input: lines decoded together (in process) or in flight "
+                        "together (--server); a rerun redoes at most one batch")
     p.add_argument("--server", help="host:port of a padellm-ner Triton server (gRPC)")
     p.add_argument("--timeout", type=float_above(0), default=60.0, help="seconds per request with --server")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")

@@ -29,7 +29,8 @@ DEFAULT_NOTE = (
     "epochs, test F1 82.3, below the paper's; data, commands and scores in {card})."
 )
 
-ExtractFn = Callable[[str, Sequence[str] | None], list[Entity]]
+#: texts that ask for the same labels (None: the model's) -> each text's entities, in order
+BatchExtractFn = Callable[[list[str], Sequence[str] | None], list[list[Entity]]]
 
 
 def render_table(text: str, entities: Sequence[Entity]) -> str:
@@ -44,7 +45,7 @@ def render_table(text: str, entities: Sequence[Entity]) -> str:
     return "\n".join(lines)
 
 
-def _local_extractor(args: Namespace) -> tuple[ExtractFn, bool]:
+def _local_extractor(args: Namespace) -> tuple[BatchExtractFn, bool]:
     from padellm_ner.extraction import Extractor
     from padellm_ner.plan import Dedup, PlanConfig
 
@@ -54,21 +55,26 @@ def _local_extractor(args: Namespace) -> tuple[ExtractFn, bool]:
         count_hedge=getattr(args, "count_hedge", None),
     )
 
-    def extract(text: str, labels: Sequence[str] | None) -> list[Entity]:
-        return extractor.extract(text, labels, lang=args.lang).entities
+    def extract(texts: list[str], labels: Sequence[str] | None) -> list[list[Entity]]:
+        if len(texts) == 1:
+            return [extractor.extract(texts[0], labels, lang=args.lang).entities]
+        # NOTE: one engine run for all (greedy: each text's result is the same as alone)
+        outputs = extractor.extract_batch(texts, labels, [args.lang] * len(texts))
+        return [o.entities for o in outputs]
 
     return extract, extractor.info.trained
 
 
-def _server_extractor(args: Namespace) -> tuple[ExtractFn, Callable[[], None]]:
+def _server_extractor(args: Namespace) -> tuple[BatchExtractFn, Callable[[], None]]:
     import padellm_client
 
     client = padellm_client.NERClient(args.server, timeout=args.timeout)
 
-    def extract(text: str, labels: Sequence[str] | None) -> list[Entity]:
+    def extract(texts: list[str], labels: Sequence[str] | None) -> list[list[Entity]]:
         try:
-            found = client.extract(
-                text,
+            found = client.extract_many(
+                texts,
+                concurrency=len(texts),  # NOTE: in flight together: the server batches them
                 labels=list(labels) if labels else None,
                 max_mentions=args.max_mentions,
                 dedup=args.dedup,
@@ -77,7 +83,7 @@ def _server_extractor(args: Namespace) -> tuple[ExtractFn, Callable[[], None]]:
             raise InvalidInputError(str(exc)) from exc
         except padellm_client.PadellmError as exc:
             raise PadellmError(f"server {args.server}: {exc}") from exc
-        return [Entity(e.label, e.text, e.start, e.end, e.score) for e in found]
+        return [[Entity(e.label, e.text, e.start, e.end, e.score) for e in one] for one in found]
 
     return extract, client.close
 
@@ -128,52 +134,106 @@ class JsonlJob:
 
 def process_jsonl(
     job: JsonlJob,
-    extract: ExtractFn,
+    extract: BatchExtractFn,
     default_labels: Sequence[str] | None = None,
     progress: bool = True,
+    batch: int = 1,
 ) -> tuple[int, int]:
     """Extract every line of the job's input into its output; returns (done now, errors).
 
     Every input line gets exactly one output line, in order: ``{"id", "text", "entities"}``
-    or ``{"id", "error"}`` for a line that is not usable. A rerun skips lines already
-    written, so an interrupted job loses at most the line in progress.
+    or ``{"id", "error"}`` for a line that is not usable. Lines go ``batch`` at a time to
+    ``extract`` (decoded together in process, in flight together on a server), each
+    batch's lines written when it is done, so a rerun, which skips the lines written,
+    redoes at most one batch.
     """
     from tqdm import tqdm
 
+    if batch < 1:
+        raise InvalidInputError("batch must be at least 1")
     errors = 0
     todo = list(enumerate(job.lines))[job.done :]
-    with job.output_path.open("a", encoding="utf-8") as out:
-        for number, line in tqdm(todo, desc="extract", unit="line", disable=not progress):
-            record = _process_line(number, line, extract, default_labels)
-            errors += "error" in record
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    with job.output_path.open("a", encoding="utf-8") as out, tqdm(
+        total=len(todo), desc="extract", unit="line", disable=not progress
+    ) as bar:
+        for at in range(0, len(todo), batch):
+            chunk = todo[at : at + batch]
+            for record in _process_chunk(chunk, extract, default_labels):
+                errors += "error" in record
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
+            bar.update(len(chunk))
     return len(todo), errors
 
 
-def _process_line(
-    number: int, line: str, extract: ExtractFn, default_labels: Sequence[str] | None
-) -> dict[str, Any]:
-    record_id: Any = number
+def _process_chunk(
+    chunk: list[tuple[int, str]], extract: BatchExtractFn, default_labels: Sequence[str] | None
+) -> list[dict[str, Any]]:
+    """The records of some lines, in order: lines that ask for the same labels are one
+    ``extract`` call; a call refused as a whole is redone line by line, so the refusal
+    lands on the line that caused it."""
+    records: list[dict[str, Any] | None] = []
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    parsed: list[tuple[Any, str, list[str] | None]] = []
+    for number, line in chunk:
+        try:
+            record_id, text, labels = _parse_line(number, line, default_labels)
+        except InvalidInputError as exc:
+            records.append({"id": _line_id(number, line), "error": f"line {number + 1}: {exc}"})
+            parsed.append((None, "", None))
+            continue
+        records.append(None)
+        parsed.append((record_id, text, labels))
+        groups.setdefault(tuple(labels) if labels is not None else None, []).append(len(records) - 1)
+
+    def done(i: int, entities: list[Entity]) -> None:
+        record_id, text, _ = parsed[i]
+        records[i] = {"id": record_id, "text": text, "entities": [e.to_dict() for e in entities]}
+
+    for key, members in groups.items():
+        labels = list(key) if key is not None else None
+        try:
+            for i, entities in zip(members, extract([parsed[i][1] for i in members], labels)):
+                done(i, entities)
+        except InvalidInputError:
+            for i in members:  # NOTE: which line was it? each alone
+                try:
+                    done(i, extract([parsed[i][1]], labels)[0])
+                except InvalidInputError as exc:
+                    records[i] = {"id": parsed[i][0], "error": f"line {chunk[i][0] + 1}: {exc}"}
+    return [r for r in records if r is not None]
+
+
+def _line_id(number: int, line: str) -> Any:
+    """The line's own ``id`` when it has one, else its number (also for a bad line)."""
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError:
+        return number
+    return item.get("id", number) if isinstance(item, dict) else number
+
+
+def _parse_line(
+    number: int, line: str, default_labels: Sequence[str] | None
+) -> tuple[Any, str, list[str] | None]:
+    """``(id, text, labels)`` of one JSONL line, or ``InvalidInputError`` saying why not."""
     try:
         item = json.loads(line) if line.strip() else None
-        if isinstance(item, str):
-            item = {"text": item}
-        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-            raise InvalidInputError('each line must be a JSON object with a "text" string')
-        record_id = item.get("id", number)
-        labels = item.get("labels") or default_labels
-        if isinstance(labels, str) or not (
-            labels is None or (isinstance(labels, list) and all(isinstance(x, str) for x in labels))
-        ):
-            # NOTE: a bare string would be read as its letters
-            raise InvalidInputError('"labels" must be a list of strings, e.g. ["PER", "LOC"]')
-        entities = extract(item["text"], labels)
-        return {"id": record_id, "text": item["text"], "entities": [e.to_dict() for e in entities]}
     except json.JSONDecodeError as exc:
-        return {"id": record_id, "error": f"line {number + 1}: invalid JSON: {exc}"}
-    except InvalidInputError as exc:
-        return {"id": record_id, "error": f"line {number + 1}: {exc}"}
+        raise InvalidInputError(f"invalid JSON: {exc}") from None
+    if isinstance(item, str):
+        item = {"text": item}
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        raise InvalidInputError('each line must be a JSON object with a "text" string')
+    labels = item.get("labels") or default_labels
+    if isinstance(labels, str) or not (
+        labels is None or (isinstance(labels, list | tuple) and all(isinstance(x, str) for x in labels))
+    ):
+        # NOTE: a bare string would be read as its letters
+        raise InvalidInputError('"labels" must be a list of strings, e.g. ["PER", "LOC"]')
+    if not item["text"].strip():
+        raise InvalidInputError("the text is empty")
+    return item.get("id", number), item["text"], check_labels(labels) if labels is not None else None
 
 
 def run_extract(args: Namespace) -> int:
@@ -206,10 +266,10 @@ def run_extract(args: Namespace) -> int:
             print(DEFAULT_NOTE.format(card=card), file=sys.stderr)
     try:
         if job is not None:
-            count, errors = process_jsonl(job, extract, args.labels)
+            count, errors = process_jsonl(job, extract, args.labels, batch=args.batch_sentences)
             print(f"wrote {count} lines to {args.output} ({errors} with errors)", file=sys.stderr)
             return 1 if errors else 0
-        entities = extract(args.text, args.labels)
+        entities = extract([args.text], args.labels)[0]
         if args.json:
             print(json.dumps([e.to_dict() for e in entities], ensure_ascii=False))
         else:

@@ -17,30 +17,33 @@ from tests.model_cache import smollm2_codec, smollm2_core
 
 @pytest.fixture(scope="module")
 def extract_fn():
+    """What ``extract --input`` calls: several texts with the same labels, one engine run."""
     from padellm_ner.engine import TorchLLM
 
     extractor = Extractor(TorchLLM(smollm2_core()), smollm2_codec())
-    calls: list[str] = []
+    calls: list[list[str]] = []
 
-    def extract(text: str, labels) -> list[Entity]:
-        calls.append(text)
-        return extractor.extract(text, labels).entities
+    def extract(texts: list[str], labels) -> list[list[Entity]]:
+        calls.append(list(texts))
+        return [o.entities for o in extractor.extract_batch(texts, labels)]
 
     extract.calls = calls
     return extract
 
 
+LINES = [
+    json.dumps({"id": "a", "text": "EU rejects German call to boycott British lamb ."}),
+    "not json",
+    json.dumps({"text": "   "}),
+    json.dumps({"id": 7, "text": "Peter Blackburn", "labels": ["PER"]}),
+    json.dumps("BRUSSELS 1996-08-22"),
+    json.dumps({"text": "Peter Blackburn", "labels": "PER"}),
+]
+
+
 def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn) -> None:
     src = tmp_path / "in.jsonl"
-    lines = [
-        json.dumps({"id": "a", "text": "EU rejects German call to boycott British lamb ."}),
-        "not json",
-        json.dumps({"text": "   "}),
-        json.dumps({"id": 7, "text": "Peter Blackburn", "labels": ["PER"]}),
-        json.dumps("BRUSSELS 1996-08-22"),
-        json.dumps({"text": "Peter Blackburn", "labels": "PER"}),
-    ]
-    src.write_text("\n".join(lines) + "\n")
+    src.write_text("\n".join(LINES) + "\n")
     out = tmp_path / "out.jsonl"
     done, errors = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
     assert (done, errors) == (6, 3)
@@ -57,8 +60,37 @@ def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn)
     calls_before = len(extract_fn.calls)
     done, _ = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
     assert done == 3  # the torn line is redone, nothing before it
-    assert extract_fn.calls[calls_before:] == ["Peter Blackburn", "BRUSSELS 1996-08-22"]
+    assert extract_fn.calls[calls_before:] == [["Peter Blackburn"], ["BRUSSELS 1996-08-22"]]
     assert [json.loads(x) for x in out.read_text().splitlines()] == records
+
+
+def test_jsonl_batches_give_the_lines_of_one_at_a_time(tmp_path: Path, extract_fn) -> None:
+    """``--batch-sentences``: lines with the same labels go in one call, the output is
+    line for line the same, and a text the model refuses (too long) spoils only its line."""
+    src = tmp_path / "in.jsonl"
+    too_long = json.dumps({"id": "long", "text": "word " * 9000})
+    src.write_text("\n".join([*LINES, too_long, json.dumps("Japan beat Korea .")]) + "\n")
+    alone, batched = tmp_path / "alone.jsonl", tmp_path / "batched.jsonl"
+    process_jsonl(JsonlJob.open(src, alone), extract_fn, progress=False, batch=1)
+    calls_before = len(extract_fn.calls)
+    done, errors = process_jsonl(JsonlJob.open(src, batched), extract_fn, progress=False, batch=8)
+    assert (done, errors) == (8, 4)
+    def lines(path: Path) -> list[dict]:
+        """The records, an error without the engine's request id it names, scores to 4
+        places (a batch pads differently: the float sums differ in the last digits)."""
+        records = [json.loads(x) for x in path.read_text().splitlines()]
+        for r in records:
+            if "error" in r:
+                r["error"] = r["error"].split(" (request")[0]
+            for e in r.get("entities", []):
+                e["score"] = round(e["score"], 4)
+        return records
+
+    assert lines(batched) == lines(alone)
+    assert "text too long" in json.loads(batched.read_text().splitlines()[6])["error"]
+    # one call per label set in the batch; the refused call is redone line by line
+    sizes = [len(texts) for texts in extract_fn.calls[calls_before:]]
+    assert sizes[:2] == [4, 1] and sorted(sizes[2:]) == [1, 1, 1, 1]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
