@@ -42,6 +42,19 @@ def test_serve_then_extract_through_the_server(tmp_path) -> None:
             capture_output=True, text=True, timeout=300, env=env,
         )
         assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
+        # a JSONL job through the server: lines in flight together, an over-long one
+        # refused on its own line (its batch is redone line by line)
+        src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        src.write_text("\n".join(json.dumps(t) for t in [text, "x" * 5000, "EU rejects German call ."]) + "\n")
+        job = subprocess.run(
+            [*cli, "extract", "--input", str(src), "--output", str(out), "--server",
+             f"127.0.0.1:{grpc_port}", "--batch-sentences", "3"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert job.returncode == 1, job.stderr  # NOTE: 1: some lines have errors
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        assert [("error" in r) for r in records] == [False, True, False]
+        assert "INVALID_ARGUMENT" in records[1]["error"] and records[2]["text"] == "EU rejects German call ."
     finally:
         serve.send_signal(signal.SIGTERM)
         code = serve.wait(timeout=120)
