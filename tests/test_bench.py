@@ -319,3 +319,14 @@ def test_bench_commit_is_marked_dirty(tmp_path: Path, monkeypatch) -> None:
     assert report._git_commit() == clean
     (tmp_path / "f.txt").write_text("b")
     assert report._git_commit() == clean + "-dirty"
+
+
+def test_a_trained_model_under_another_methods_key_is_warned_about(capsys) -> None:
+    """``--models ar_struct=default`` decodes the PaDeLLM-trained default in AutoReg_Struct
+    prompts (near-zero F1); allowed, as an untrained base stands in for every method in
+    tests, but said on stderr."""
+    extractors = latency.load_extractors({"ar_struct": "default", "padellm": "default"}, "cpu", "float32")
+    assert set(extractors) == {"ar_struct", "padellm"}
+    err = capsys.readouterr().err
+    assert "--models ar_struct=default: that model was trained for padellm" in err
+    assert "padellm=default" not in err

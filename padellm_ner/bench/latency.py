@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -289,6 +290,11 @@ def load_extractors(
             loaded[path] = ex
         if max_new_tokens is not None:
             ex.max_new_tokens = max_new_tokens
+        if ex.info.trained and ex.info.format != method:
+            # NOTE: allowed (an untrained base may stand in for every method), but a
+            # trained model decoded in another format's prompts scores near zero
+            print(f"warning: --models {method}={path}: that model was trained for "
+                  f"{ex.info.format}; it is timed and scored as {method}", file=sys.stderr)
         extractors[method] = ex
     return extractors
 
