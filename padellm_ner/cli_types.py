@@ -32,28 +32,26 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def float_above(minimum: float) -> Callable[[str], float]:
-    """A number strictly greater than ``minimum`` (a duration, a learning rate)."""
+def _float_bound(minimum: float, *, strict: bool) -> Callable[[str], float]:
+    word = "greater than" if strict else "at least"
 
     def parse(value: str) -> float:
         x = float(_number(value, float))
-        if not x > minimum:  # NOTE: also refuses nan
-            raise argparse.ArgumentTypeError(f"must be greater than {minimum:g}, got {value}")
+        if not (x > minimum if strict else x >= minimum):  # NOTE: nan fails both
+            raise argparse.ArgumentTypeError(f"must be {word} {minimum:g}, got {value}")
         return x
 
     return parse
+
+
+def float_above(minimum: float) -> Callable[[str], float]:
+    """A number strictly greater than ``minimum`` (a duration, a learning rate)."""
+    return _float_bound(minimum, strict=True)
 
 
 def float_at_least(minimum: float) -> Callable[[str], float]:
     """A number ``>= minimum`` (a wait that may be zero)."""
-
-    def parse(value: str) -> float:
-        x = float(_number(value, float))
-        if not x >= minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {value}")
-        return x
-
-    return parse
+    return _float_bound(minimum, strict=False)
 
 
 def fraction(value: str) -> float:
