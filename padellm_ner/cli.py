@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "together (--server); a rerun redoes at most one batch")
     p.add_argument("--server", help="host:port of a padellm-ner Triton server (gRPC)")
     p.add_argument("--timeout", type=float_above(0), default=60.0, help="seconds per request with --server")
+    p.add_argument("--root-cert", metavar="PEM",
+                   help="with --server: talk TLS, trusting this CA (the server's --grpc-server-cert or its issuer)")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
     p.add_argument("--max-mentions", type=int_at_least(1), default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")
@@ -87,9 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "the one bundled here) and --engine-dir")
     p.add_argument("--engine-dir", help="--llm-backend tensorrtllm: the TensorRT-LLM engine folder")
     p.add_argument(
-        "--llm-transport", choices=["grpc", "bls"], default="grpc",
-        help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS",
+        "--llm-transport", choices=["grpc", "bls"], default=None,
+        help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS "
+             "(the default with TLS, which the loopback does not speak)",
     )
+    p.add_argument("--grpc-server-cert", metavar="PEM",
+                   help="serve gRPC over TLS with this certificate (with --grpc-server-key)")
+    p.add_argument("--grpc-server-key", metavar="PEM", help="the TLS certificate's private key")
+    p.add_argument("--grpc-root-cert", metavar="PEM",
+                   help="mutual TLS: clients must present a certificate signed by this CA")
     p.add_argument(
         "--batch-window-us", type=int_at_least(0),
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",

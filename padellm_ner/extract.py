@@ -68,7 +68,13 @@ def _local_extractor(args: Namespace) -> tuple[BatchExtractFn, bool]:
 def _server_extractor(args: Namespace) -> tuple[BatchExtractFn, Callable[[], None]]:
     import padellm_client
 
-    client = padellm_client.NERClient(args.server, timeout=args.timeout)
+    root = getattr(args, "root_cert", None)
+    try:
+        client = padellm_client.NERClient(
+            args.server, timeout=args.timeout, ssl=root is not None, root_certificates=root
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        raise InvalidInputError(str(exc)) from exc
 
     def extract(texts: list[str], labels: Sequence[str] | None) -> list[list[Entity]]:
         try:
@@ -248,6 +254,8 @@ def run_extract(args: Namespace) -> int:
     if args.input and not Path(args.input).is_file():
         raise InvalidInputError(f"--input {args.input} does not exist")
     job = JsonlJob.open(Path(args.input), Path(args.output)) if args.input else None
+    if getattr(args, "root_cert", None) and not args.server:
+        raise InvalidInputError("--root-cert goes with --server (TLS to a server)")
     if getattr(args, "count_hedge", None) is not None and args.server:
         raise InvalidInputError(
             "--count-hedge is the server's setting (padellm-ner serve --count-hedge P), not a request's"

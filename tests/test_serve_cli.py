@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from padellm_ner.serving.triton_server import free_ports
 
 
@@ -84,3 +86,72 @@ def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path,
     free = free_ports(1)[0]
     assert main(["serve", "--grpc-port", str(free), "--http-port", str(free)]) == 2
     assert f"--http-port and --grpc-port are both {free}" in capsys.readouterr().err
+
+
+def _self_signed(folder) -> tuple:
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
+    """A real tritonserver with gRPC TLS (``serve --grpc-server-cert/--grpc-server-key``),
+    the orchestrator on BLS (its gRPC loopback speaks no TLS): the SDK with ``ssl=True``
+    and the CA extracts; a plaintext client cannot connect."""
+    from padellm_client import APIConnectionError, NERClient
+
+    cert, key = _self_signed(tmp_path)
+    grpc_port, http_port, metrics_port = free_ports(3)
+    log = (tmp_path / "serve.log").open("w")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "padellm_ner.cli", "serve", "--model", "smollm2-135m",
+         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
+         "--grpc-server-cert", str(cert), "--grpc-server-key", str(key)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while "serving model 'padellm' on gRPC (TLS)" not in (tmp_path / "serve.log").read_text():
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(1)
+        text = "Japan beat Korea in Tokyo ."
+        with NERClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=cert, timeout=120) as client:
+            assert client.is_ready()
+            for e in client.extract(text, labels=["LOC"]):
+                assert e.start is None or text[e.start : e.end] == e.text
+        with NERClient(f"127.0.0.1:{grpc_port}", timeout=20) as plain, pytest.raises(APIConnectionError):
+            plain.extract(text, labels=["LOC"])
+        cli = subprocess.run(
+            [sys.executable, "-m", "padellm_ner.cli", "extract", text, "--labels", "LOC", "--json",
+             "--server", f"127.0.0.1:{grpc_port}", "--root-cert", str(cert)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert cli.returncode == 0 and isinstance(json.loads(cli.stdout), list), cli.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(timeout=120)
+        log.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_serve_tls_options_are_checked_up_front(tmp_path, capsys) -> None:
+    from padellm_ner.cli import main
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    assert main(["serve", "--grpc-server-cert", str(cert)]) == 2
+    assert "needs both --grpc-server-cert and --grpc-server-key" in capsys.readouterr().err
+    assert main(["serve", "--grpc-server-cert", str(cert), "--grpc-server-key", str(tmp_path / "no.pem")]) == 2
+    assert "--grpc-server-key" in capsys.readouterr().err
+    assert main(["serve", "--grpc-server-cert", str(cert), "--grpc-server-key", str(cert),
+                 "--llm-transport", "grpc"]) == 2  # fmt: skip
+    assert "use --llm-transport bls" in capsys.readouterr().err

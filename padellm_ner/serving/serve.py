@@ -6,6 +6,7 @@ import argparse
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,24 @@ def _check_tensorrtllm(engine_dir: str | None) -> None:
         )
 
 
+def _tls_args(args: argparse.Namespace) -> list[str]:
+    """tritonserver's gRPC TLS flags from ``--grpc-server-cert/-key`` (and
+    ``--grpc-root-cert``: mutual TLS), checked up front; [] without TLS."""
+    cert, key, root = (getattr(args, name, None) for name in ("grpc_server_cert", "grpc_server_key", "grpc_root_cert"))
+    if not (cert or key or root):
+        return []
+    if not (cert and key):
+        raise InvalidInputError("TLS needs both --grpc-server-cert and --grpc-server-key")
+    for option, path in (("--grpc-server-cert", cert), ("--grpc-server-key", key), ("--grpc-root-cert", root)):
+        if path is not None and not Path(path).is_file():
+            raise InvalidInputError(f"{option} {path} is not a file")
+    flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(cert).resolve()}",
+             f"--grpc-server-key={Path(key).resolve()}"]  # fmt: skip
+    if root:
+        flags += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={Path(root).resolve()}"]
+    return flags
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Assemble (a temp dir unless ``--repository``), start tritonserver, wait for Ctrl-C/SIGTERM."""
     from padellm_build.assemble import assemble_repository
@@ -64,6 +83,20 @@ def run_serve(args: argparse.Namespace) -> int:
         pick_device(args.device)  # NOTE: the llm model would fail to load, seconds later
     else:
         _check_tensorrtllm(getattr(args, "engine_dir", None))
+    tls = _tls_args(args)
+    transport = getattr(args, "llm_transport", None) or ("bls" if tls else "grpc")
+    if tls and transport == "grpc":
+        raise InvalidInputError(
+            "with TLS the orchestrator cannot reach the llm model over its gRPC loopback; "
+            "use --llm-transport bls (the default with TLS)"
+        )
+    if tls:
+        print(
+            "padellm-ner: note: with TLS the orchestrator calls the llm model over BLS, which "
+            "python_backend 2.51 can crash under heavy concurrent load (README, 'Serving on "
+            "Triton'); for production TLS, a TLS proxy in front of a loopback server is safer",
+            file=sys.stderr, flush=True,
+        )
     temp = args.repository is None
     repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()
@@ -77,7 +110,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.model,
             args.labels,
             llm_backend=args.llm_backend,
-            llm_transport=args.llm_transport,
+            llm_transport=transport,
             batch_window_us=args.batch_window_us,
             count_hedge=getattr(args, "count_hedge", None),
             device=args.device,
@@ -95,11 +128,12 @@ def run_serve(args: argparse.Namespace) -> int:
             # NOTE: loopback by default; --host 0.0.0.0 serves the network
             host=args.host,
             startup_timeout=900,
+            extra_args=tls,
         )
         print(f"padellm-ner: starting tritonserver (model {args.model}); log {server.log_path}", flush=True)
         server.start()
         print(
-            f"padellm-ner: serving model 'padellm' on gRPC :{server.grpc_port}, "
+            f"padellm-ner: serving model 'padellm' on gRPC{' (TLS)' if tls else ''} :{server.grpc_port}, "
             f"HTTP :{server.http_port}, metrics :{server.metrics_port} (Ctrl-C to stop)",
             flush=True,
         )
