@@ -8,10 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from padellm_ner.serving.triton_server import free_ports
+
+
+def _wait_until_serving(serve: subprocess.Popen, log: Path, marker: str = "serving model 'padellm'") -> None:
+    """Until ``serve`` prints its ready line (or dies, or 10 minutes pass)."""
+    deadline = time.monotonic() + 600
+    while marker not in log.read_text():
+        assert serve.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "serve did not become ready"
+        time.sleep(1)
 
 
 def test_serve_then_extract_through_the_server(tmp_path) -> None:
@@ -26,11 +36,7 @@ def test_serve_then_extract_through_the_server(tmp_path) -> None:
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
-        deadline = time.monotonic() + 600
-        while "serving model 'padellm'" not in (tmp_path / "serve.log").read_text():
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(1)
+        _wait_until_serving(serve, tmp_path / "serve.log")
         text = "Japan beat Korea in Tokyo ."
         proc = subprocess.run(
             [*cli, "extract", text, "--server", f"127.0.0.1:{grpc_port}", "--json"],
@@ -118,11 +124,7 @@ def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 600
-        while "serving model 'padellm' on gRPC (TLS)" not in (tmp_path / "serve.log").read_text():
-            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(1)
+        _wait_until_serving(serve, tmp_path / "serve.log", "serving model 'padellm' on gRPC (TLS)")
         text = "Japan beat Korea in Tokyo ."
         with NERClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=cert, timeout=120) as client:
             assert client.is_ready()
