@@ -2,73 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from padellm_ner.serving.triton_server import free_ports
 
+CLI = [sys.executable, "-m", "padellm_ner.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TLS_READY = "serving model 'padellm' on gRPC (TLS)"
 
-def _wait_until_serving(serve: subprocess.Popen, log: Path, marker: str = "serving model 'padellm'") -> None:
-    """Until ``serve`` prints its ready line (or dies, or 10 minutes pass)."""
-    deadline = time.monotonic() + 600
-    while marker not in log.read_text():
-        assert serve.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, "serve did not become ready"
-        time.sleep(1)
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *args: str, marker: str = "serving model 'padellm'") -> Iterator[int]:
+    """``padellm-ner serve --model smollm2-135m ARGS`` on free ports until its ready line;
+    yields the gRPC port; then SIGTERM, and the exit status must be 0 (a clean stop)."""
+    grpc_port, http_port, metrics_port = free_ports(3)
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        serve = subprocess.Popen(
+            [*CLI, "serve", "--model", "smollm2-135m", "--grpc-port", str(grpc_port),
+             "--http-port", str(http_port), "--metrics-port", str(metrics_port), *args],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while marker not in log_path.read_text():
+                assert serve.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "serve did not become ready"
+                time.sleep(1)
+            yield grpc_port
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            code = serve.wait(timeout=120)
+    assert code == 0, log_path.read_text()
+    assert "stopping" in log_path.read_text()
 
 
 def test_serve_then_extract_through_the_server(tmp_path) -> None:
-    grpc_port, http_port, metrics_port = free_ports(3)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cli = [sys.executable, "-m", "padellm_ner.cli"]
-    log = (tmp_path / "serve.log").open("w")
-    serve = subprocess.Popen(
-        [*cli, "serve", "--model", "smollm2-135m", "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-         "--repository", str(tmp_path / "repo")],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    try:
-        _wait_until_serving(serve, tmp_path / "serve.log")
-        text = "Japan beat Korea in Tokyo ."
-        proc = subprocess.run(
-            [*cli, "extract", text, "--server", f"127.0.0.1:{grpc_port}", "--json"],
-            capture_output=True, text=True, timeout=300, env=env,
-        )
+    text = "Japan beat Korea in Tokyo ."
+    with _serving(tmp_path, "--repository", str(tmp_path / "repo")) as port:
+        server = ["--server", f"127.0.0.1:{port}"]
+        proc = subprocess.run([*CLI, "extract", text, *server, "--json"],
+                              capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         for e in json.loads(proc.stdout):
             assert e["start"] is None or text[e["start"] : e["end"]] == e["text"]
-        bad = subprocess.run(
-            [*cli, "extract", "x" * 5000, "--server", f"127.0.0.1:{grpc_port}"],
-            capture_output=True, text=True, timeout=300, env=env,
-        )
+        bad = subprocess.run([*CLI, "extract", "x" * 5000, *server],
+                             capture_output=True, text=True, timeout=300, env=ENV)  # fmt: skip
         assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
         # a JSONL job through the server: lines in flight together, an over-long one
         # refused on its own line (its batch is redone line by line)
         src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
         src.write_text("\n".join(json.dumps(t) for t in [text, "x" * 5000, "EU rejects German call ."]) + "\n")
         job = subprocess.run(
-            [*cli, "extract", "--input", str(src), "--output", str(out), "--server",
-             f"127.0.0.1:{grpc_port}", "--batch-sentences", "3"],
-            capture_output=True, text=True, timeout=300, env=env,
+            [*CLI, "extract", "--input", str(src), "--output", str(out), *server, "--batch-sentences", "3"],
+            capture_output=True, text=True, timeout=300, env=ENV,
         )  # fmt: skip
         assert job.returncode == 1, job.stderr  # NOTE: 1: some lines have errors
         records = [json.loads(x) for x in out.read_text().splitlines()]
         assert [("error" in r) for r in records] == [False, True, False]
         assert "INVALID_ARGUMENT" in records[1]["error"] and records[2]["text"] == "EU rejects German call ."
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        code = serve.wait(timeout=120)
-        log.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()
-    assert "stopping" in (tmp_path / "serve.log").read_text()
 
 
 def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path, capsys) -> None:
@@ -111,38 +113,43 @@ def _self_signed(folder) -> tuple:
 def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
     """A real tritonserver with gRPC TLS (``serve --grpc-server-cert/--grpc-server-key``),
     the orchestrator on BLS (its gRPC loopback speaks no TLS): the SDK with ``ssl=True``
-    and the CA extracts; a plaintext client cannot connect."""
+    and the CA extracts, so does ``extract --root-cert``; a plaintext client cannot connect."""
     from padellm_client import APIConnectionError, NERClient
 
     cert, key = _self_signed(tmp_path)
-    grpc_port, http_port, metrics_port = free_ports(3)
-    log = (tmp_path / "serve.log").open("w")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "padellm_ner.cli", "serve", "--model", "smollm2-135m",
-         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port),
-         "--grpc-server-cert", str(cert), "--grpc-server-key", str(key)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    try:
-        _wait_until_serving(serve, tmp_path / "serve.log", "serving model 'padellm' on gRPC (TLS)")
-        text = "Japan beat Korea in Tokyo ."
-        with NERClient(f"127.0.0.1:{grpc_port}", ssl=True, root_certificates=cert, timeout=120) as client:
+    text = "Japan beat Korea in Tokyo ."
+    tls = ("--grpc-server-cert", str(cert), "--grpc-server-key", str(key))
+    with _serving(tmp_path, *tls, marker=TLS_READY) as port:
+        with NERClient(f"127.0.0.1:{port}", ssl=True, root_certificates=cert, timeout=120) as client:
             assert client.is_ready()
             for e in client.extract(text, labels=["LOC"]):
                 assert e.start is None or text[e.start : e.end] == e.text
-        with NERClient(f"127.0.0.1:{grpc_port}", timeout=20) as plain, pytest.raises(APIConnectionError):
+        with NERClient(f"127.0.0.1:{port}", timeout=20) as plain, pytest.raises(APIConnectionError):
             plain.extract(text, labels=["LOC"])
         cli = subprocess.run(
-            [sys.executable, "-m", "padellm_ner.cli", "extract", text, "--labels", "LOC", "--json",
-             "--server", f"127.0.0.1:{grpc_port}", "--root-cert", str(cert)],
+            [*CLI, "extract", text, "--labels", "LOC", "--json", "--server", f"127.0.0.1:{port}",
+             "--root-cert", str(cert)],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert cli.returncode == 0 and isinstance(json.loads(cli.stdout), list), cli.stderr
-    finally:
-        serve.send_signal(signal.SIGTERM)
-        code = serve.wait(timeout=120)
-        log.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()
+
+
+def test_serve_over_mutual_tls(tmp_path) -> None:
+    """``--grpc-root-cert``: a client must present a certificate the CA signed (here the
+    self-signed one, as its own CA); one without is refused."""
+    from padellm_client import APIConnectionError, NERClient
+
+    cert, key = _self_signed(tmp_path)
+    tls = ("--grpc-server-cert", str(cert), "--grpc-server-key", str(key), "--grpc-root-cert", str(cert))
+    with _serving(tmp_path, *tls, marker=TLS_READY) as port:
+        url = f"127.0.0.1:{port}"
+        with NERClient(url, ssl=True, root_certificates=cert, private_key=key, certificate_chain=cert,
+                       timeout=120) as client:  # fmt: skip
+            assert isinstance(client.extract("Japan beat Korea .", labels=["LOC"]), list)
+        with NERClient(url, ssl=True, root_certificates=cert, timeout=20) as anonymous, pytest.raises(
+            APIConnectionError
+        ):
+            anonymous.extract("Japan beat Korea .", labels=["LOC"])
 
 
 def test_serve_tls_options_are_checked_up_front(tmp_path, capsys) -> None:
