@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 
-
 class ErrorCode(str, Enum):
     """The code prefix of an error message; the client maps it back to a class."""
 

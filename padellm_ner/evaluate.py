@@ -299,9 +299,7 @@ def run_evaluate(args: Namespace) -> int:
     info.require_labels(args.dataset)
     _check_labels(args.labels, info.labels, args.dataset)
     examples = load_split(args.dataset, args.split)
-    skip = int(getattr(args, "skip", 0) or 0)
-    if skip < 0:
-        raise InvalidInputError("--skip must be >= 0")
+    skip = int(getattr(args, "skip", 0) or 0)  # NOTE: >= 0 (argparse)
     if examples and skip >= len(examples):
         raise InvalidInputError(
             f"--skip {skip} leaves no sentence: {args.dataset}/{args.split} has {len(examples)}"

@@ -56,8 +56,6 @@ def _local_extractor(args: Namespace) -> tuple[BatchExtractFn, bool]:
     )
 
     def extract(texts: list[str], labels: Sequence[str] | None) -> list[list[Entity]]:
-        if len(texts) == 1:
-            return [extractor.extract(texts[0], labels, lang=args.lang).entities]
         # NOTE: one engine run for all (greedy: each text's result is the same as alone)
         outputs = extractor.extract_batch(texts, labels, [args.lang] * len(texts))
         return [o.entities for o in outputs]
@@ -232,10 +230,8 @@ def _parse_line(
     if not isinstance(item, dict) or not isinstance(item.get("text"), str):
         raise InvalidInputError('each line must be a JSON object with a "text" string')
     labels = item.get("labels") or default_labels
-    if isinstance(labels, str) or not (
-        labels is None or (isinstance(labels, list | tuple) and all(isinstance(x, str) for x in labels))
-    ):
-        # NOTE: a bare string would be read as its letters
+    if labels is not None and not isinstance(labels, list | tuple):
+        # NOTE: a bare string would be read as its letters; check_labels checks the items
         raise InvalidInputError('"labels" must be a list of strings, e.g. ["PER", "LOC"]')
     if not item["text"].strip():
         raise InvalidInputError("the text is empty")

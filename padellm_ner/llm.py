@@ -80,10 +80,7 @@ class StepFailure(NamedTuple):
     message: str
 
 
-_FAILURE_PREFIXES: tuple[tuple[Literal["invalid", "error"], str], ...] = (
-    ("invalid", "invalid: "),
-    ("error", "error: "),
-)
+_FAILURE_PREFIXES: dict[Literal["invalid", "error"], str] = {"invalid": "invalid: ", "error": "error: "}
 
 
 @dataclass(frozen=True)
@@ -112,14 +109,13 @@ class StepOutput:
     @classmethod
     def failed(cls, req_id: str, kind: Literal["invalid", "error"], message: object) -> StepOutput:
         """A request that ended without a result; ``kind`` as in ``StepFailure``."""
-        prefix = dict(_FAILURE_PREFIXES)[kind]
-        return cls.ended(req_id, f"{prefix}{message}")
+        return cls.ended(req_id, f"{_FAILURE_PREFIXES[kind]}{message}")
 
     @property
     def failure(self) -> StepFailure | None:
         """The failure this output reports, or None for a token or a normal end."""
         reason = self.finish_reason or ""
-        for kind, prefix in _FAILURE_PREFIXES:
+        for kind, prefix in _FAILURE_PREFIXES.items():
             if reason.startswith(prefix):
                 return StepFailure(kind, reason.removeprefix(prefix))
         return None

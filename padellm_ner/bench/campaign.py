@@ -345,8 +345,6 @@ def run_campaign_cli(args: Any) -> int:
     from padellm_ner.models import pick_device
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.budget_minutes <= 0:
-        raise InvalidInputError("--budget-minutes must be > 0")
     recipe = Recipe(
         dataset=args.dataset, base=args.base, epochs=args.epochs, lr=args.lr,
         warmup=args.warmup, batch_tokens=args.batch_tokens, micro_tokens=args.micro_tokens,

@@ -581,8 +581,6 @@ def run_latency_cli(args: Any) -> int:
 
     models = parse_models(args.models)
     report.output_dir(args.out)
-    if args.limit is not None and args.limit < 1:
-        raise InvalidInputError("--limit must be at least 1")
     info = dataset_info(args.dataset)
     examples = [ex for ex in load_split(args.dataset, args.split) if ex.text.strip()]
     examples = examples[: args.limit] if args.limit else examples

@@ -11,7 +11,12 @@ import tempfile
 from pathlib import Path
 
 from padellm_ner.errors import InvalidInputError
-from padellm_ner.serving.triton_server import TritonServer, TritonServerError, check_ports_free
+from padellm_ner.serving.triton_server import (
+    TritonServer,
+    TritonServerError,
+    check_ports_free,
+    find_tritonserver,
+)
 
 __all__ = ["run_serve"]
 
@@ -29,8 +34,6 @@ def _on_sigterm(signum, frame) -> None:
 def _check_tensorrtllm(engine_dir: str | None) -> None:
     """``--llm-backend tensorrtllm`` needs an engine and a server that has the backend;
     the tritonserver bundled with nvidia-pytriton has only the Python backend."""
-    from padellm_ner.serving.triton_server import find_tritonserver
-
     if not engine_dir:
         raise InvalidInputError("--llm-backend tensorrtllm needs --engine-dir (the TensorRT-LLM engine folder)")
     if not Path(engine_dir).is_dir():
@@ -85,12 +88,12 @@ def run_serve(args: argparse.Namespace) -> int:
         _check_tensorrtllm(getattr(args, "engine_dir", None))
     tls = _tls_args(args)
     transport = getattr(args, "llm_transport", None) or ("bls" if tls else "grpc")
-    if tls and transport == "grpc":
-        raise InvalidInputError(
-            "with TLS the orchestrator cannot reach the llm model over its gRPC loopback; "
-            "use --llm-transport bls (the default with TLS)"
-        )
     if tls:
+        if transport == "grpc":
+            raise InvalidInputError(
+                "with TLS the orchestrator cannot reach the llm model over its gRPC loopback; "
+                "use --llm-transport bls (the default with TLS)"
+            )
         print(
             "padellm-ner: note: with TLS the orchestrator calls the llm model over BLS, which "
             "python_backend 2.51 can crash under heavy concurrent load (README, 'Serving on "
