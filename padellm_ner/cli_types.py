@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "float_above", "float_at_least", "fraction", "port"]
+__all__ = ["int_at_least", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
 
 
 def _number(value: str, kind: type[int] | type[float]) -> int | float:
@@ -55,10 +55,18 @@ def float_at_least(minimum: float) -> Callable[[str], float]:
 
 
 def fraction(value: str) -> float:
-    """A share in ``[0, 1]`` (warmup, the zero-count sequences kept)."""
+    """A share in ``[0, 1]`` (the warmup)."""
     x = float(_number(value, float))
     if not 0.0 <= x <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return x
+
+
+def positive_fraction(value: str) -> float:
+    """A share in ``(0, 1]``: some of a thing kept, never none (the zero-count sequences)."""
+    x = float(_number(value, float))
+    if not 0.0 < x <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most 1, got {value}")
     return x
 
 

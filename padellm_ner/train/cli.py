@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from padellm_ner.cli_types import float_above, fraction, int_at_least
+from padellm_ner.cli_types import float_above, int_at_least, positive_fraction
 from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.model_info import META_FILE
 from padellm_ner.models import BASE_MODELS
@@ -59,7 +59,7 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
     """Options beyond the ones ``padellm_ner.cli`` declares (defaults keep its behaviour)."""
     p.add_argument(
         "--zero-count-keep",
-        type=fraction,
+        type=positive_fraction,
         default=1.0,
         help="fraction of zero-count PaDeLLM sequences kept (1.0 = all, as in the paper)",
     )
@@ -270,9 +270,7 @@ def run_train(args: argparse.Namespace) -> int:
     from padellm_ner.train.trainer import TrainConfig, Trainer
 
     t_start = time.perf_counter()
-    zero_keep = float(getattr(args, "zero_count_keep", 1.0))
-    if not 0.0 < zero_keep <= 1.0:
-        raise InvalidInputError("--zero-count-keep must be in (0, 1]")
+    zero_keep = float(getattr(args, "zero_count_keep", 1.0))  # bounds: positive_fraction
     _check_paths(args)
     specs = load_datasets(args.dataset, args.labels_file)
     langs = {s.lang for s in specs}
