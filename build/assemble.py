@@ -17,6 +17,7 @@ from pathlib import Path
 from padellm_build.fill_template import fill, placeholders
 from padellm_ner.errors import PadellmError
 from padellm_ner.model_info import META_FILE, read_model_info
+from padellm_ner.serving.loopback_tls import LoopbackTLS
 
 __all__ = ["TEMPLATE_DIR", "DEFAULT_LABELS", "assemble_repository", "model_labels", "main"]
 
@@ -98,6 +99,7 @@ def assemble_repository(
     max_llm_inflight: int | None = None,
     llm_transport: str | None = None,
     llm_url: str | None = None,
+    llm_tls: LoopbackTLS | None = None,
     batch_window_us: int | None = None,
     count_hedge: float | None = None,
     method: str | None = None,
@@ -119,6 +121,7 @@ def assemble_repository(
         max_new_tokens: a baseline sequence's token limit (default 160).
         llm_transport: ``grpc`` (default: loopback to ``llm_url``, else the server's own
             port from ``$PADELLM_LLM_URL``, else localhost:8001) or ``bls``.
+        llm_tls: the gRPC loopback's TLS, for a server whose gRPC port serves TLS.
         batch_window_us: how long the idle torch ``llm`` engine waits for more requests
             before stepping (``EngineLoop.batch_window_s``); unset: the model's 5000 (5 ms).
         count_hedge: PaDeLLM's count hedge threshold (``PlanConfig.count_hedge``); unset:
@@ -184,6 +187,7 @@ def assemble_repository(
         "max_llm_inflight": max_llm_inflight if max_llm_inflight is not None else max_batch_size,
         "llm_transport": llm_transport,
         "llm_url": llm_url,
+        **(llm_tls.params() if llm_tls else {}),
         "method": method,
         "max_new_tokens": max_new_tokens,
         "count_hedge": count_hedge,
@@ -210,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         help="how the orchestrator calls the LLM model (default grpc: loopback to --llm-url)",
     )
     parser.add_argument("--llm-url", help="the LLM model's gRPC address (default: $PADELLM_LLM_URL, else localhost:8001)")
+    parser.add_argument("--llm-tls-root-cert", nargs="+", metavar="PEM",
+                        help="the server's gRPC port serves TLS: the loopback trusts these certificates")
+    parser.add_argument("--llm-tls-client-cert", metavar="PEM", help="mutual TLS: the loopback's client certificate")
+    parser.add_argument("--llm-tls-client-key", metavar="PEM", help="mutual TLS: its private key")
+    parser.add_argument("--llm-tls-server-name", help="verify the server's certificate against this name")
     parser.add_argument(
         "--batch-window-us", type=int,
         help="torch llm model: wait this long when idle for more requests before a step (default 5000)",
@@ -232,11 +241,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _loopback_tls(args: argparse.Namespace) -> LoopbackTLS | None:
+    others = (args.llm_tls_client_cert, args.llm_tls_client_key, args.llm_tls_server_name)
+    if not args.llm_tls_root_cert:
+        if any(others):
+            raise ValueError("--llm-tls-client-cert/-key and --llm-tls-server-name need --llm-tls-root-cert")
+        return None
+    if bool(args.llm_tls_client_cert) != bool(args.llm_tls_client_key):
+        raise ValueError("--llm-tls-client-cert and --llm-tls-client-key go together")
+    for path in (*args.llm_tls_root_cert, args.llm_tls_client_cert, args.llm_tls_client_key):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{path} is not a file")
+    absolute = lambda p: str(Path(p).resolve()) if p else None  # noqa: E731
+    return LoopbackTLS(tuple(absolute(p) for p in args.llm_tls_root_cert), absolute(args.llm_tls_client_cert),
+                       absolute(args.llm_tls_client_key), args.llm_tls_server_name)
+
+
 def _assemble_from_args(args: argparse.Namespace) -> Path:
     return assemble_repository(
         args.out, args.model, args.labels, args.llm_backend, args.device, args.dtype,
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
-        engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url,
+        engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url, llm_tls=_loopback_tls(args),
         batch_window_us=args.batch_window_us, count_hedge=args.count_hedge, overwrite=args.overwrite, check_model=not args.no_check_model,
     )
 

@@ -59,6 +59,9 @@ __all__ = ["AsyncNERClient", "ClientState", "NERClient"]
 # Extra seconds the sync client waits for the stream's own DEADLINE_EXCEEDED before giving up.
 _LOCAL_GRACE_S = 5.0
 
+# tritonclient's gRPC message limits (INT32_MAX), kept when we pass channel options.
+_MAX_MESSAGE = 2**31 - 1
+
 # What ``is_ready`` answers with False instead of raising.
 _NOT_READY_ERRORS = (APIConnectionError, NotFoundError, UnavailableError)
 
@@ -107,6 +110,7 @@ class _BaseClient:
         root_certificates: str | os.PathLike[str] | None = None,
         private_key: str | os.PathLike[str] | None = None,
         certificate_chain: str | os.PathLike[str] | None = None,
+        tls_server_name: str | None = None,
         verbose: bool = False,
     ) -> None:
         if not isinstance(url, str) or not url:
@@ -121,6 +125,10 @@ class _BaseClient:
             "certificate_chain": certificate_chain,
         }
         given = [name for name, path in tls_files.items() if path is not None]
+        if tls_server_name is not None:
+            if not isinstance(tls_server_name, str) or not tls_server_name:
+                raise ValueError(f"tls_server_name must be a non-empty host name, got {tls_server_name!r}")
+            given.append("tls_server_name")
         if given and not ssl:
             raise ValueError(f"{', '.join(given)} given but ssl=False; pass ssl=True to use TLS")
         for name, path in tls_files.items():
@@ -141,6 +149,13 @@ class _BaseClient:
             if certificate_chain is None
             else os.fspath(certificate_chain),
         }
+        if tls_server_name is not None:
+            # NOTE: channel_args replaces tritonclient's own options; keep its message limits
+            self._triton_kwargs["channel_args"] = [
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.ssl_target_name_override", tls_server_name),
+            ]
         self._state = ClientState.UNOPENED
         self._init_transport()
 

@@ -1,5 +1,6 @@
 """LLM calls from the orchestrator to the ``llm`` / ``tensorrt_llm`` model over gRPC
-(loopback to the same tritonserver): the default transport.
+(loopback to the same tritonserver): the default transport, plaintext or TLS
+(``padellm_ner.serving.loopback_tls``).
 
 Why not BLS by default: python_backend (2.51, and upstream since) builds the numpy
 arrays of a BLS response without holding the GIL: ``InferRequest::Exec`` releases it,
@@ -25,6 +26,7 @@ import numpy as np
 
 from padellm_ensemble.llm_client import LLM_OUTPUTS
 from padellm_ensemble.validation import UpstreamError, upstream_code
+from padellm_ner.serving.loopback_tls import LoopbackTLS
 from padellm_ner.serving.triton_server import LLM_URL_ENV
 
 __all__ = ["DEFAULT_URL", "GrpcTransport", "llm_url"]
@@ -60,11 +62,13 @@ class GrpcTransport:
 
     Each call opens a stream, sends one request and yields its responses up to the final
     one (``enable_empty_final_response``), like ``exec(decoupled=True)``. A call left
-    early (its generator closed) cancels its stream.
+    early (its generator closed) cancels its stream. ``tls``: the server's gRPC port
+    serves TLS (``serve --grpc-server-cert``), so the loopback speaks it too.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls: LoopbackTLS | None = None) -> None:
         self.url = url
+        self.tls = tls
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
@@ -74,7 +78,7 @@ class GrpcTransport:
         if client is None:
             import tritonclient.grpc as grpcclient
 
-            client = grpcclient.InferenceServerClient(self.url)
+            client = grpcclient.InferenceServerClient(self.url, **(self.tls.client_kwargs() if self.tls else {}))
             self._local.client = client
             with self._lock:
                 self._clients.append(client)

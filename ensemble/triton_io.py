@@ -61,10 +61,11 @@ def _outputs(outputs: Mapping[str, np.ndarray]) -> list:
 def llm_transport(params: Mapping[str, str]):
     """The orchestrator's ``Transport`` named by its ``llm_transport`` parameter."""
     from padellm_ensemble.grpc_transport import GrpcTransport, llm_url
+    from padellm_ner.serving.loopback_tls import LoopbackTLS
 
     kind = (params.get("llm_transport") or "grpc").strip().lower()
     if kind == "grpc":
-        return GrpcTransport(llm_url(params.get("llm_url")))
+        return GrpcTransport(llm_url(params.get("llm_url")), LoopbackTLS.from_params(params))
     if kind == "bls":
         return bls_transport
     raise ValueError(f"llm_transport must be 'grpc' or 'bls', got {kind!r}")

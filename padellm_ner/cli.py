@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from padellm_ner.cli_types import float_above, float_at_least, fraction, int_at_least, port
+from padellm_ner.cli_types import float_above, fraction, int_at_least, port
 from padellm_ner.errors import PadellmError
 from padellm_ner.models import DTYPES
 
@@ -90,14 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-dir", help="--llm-backend tensorrtllm: the TensorRT-LLM engine folder")
     p.add_argument(
         "--llm-transport", choices=["grpc", "bls"], default=None,
-        help="how the orchestrator calls the LLM model: gRPC loopback (default) or BLS "
-             "(the default with TLS, which the loopback does not speak)",
+        help="how the orchestrator calls the LLM model: gRPC loopback to this server (default; "
+             "TLS when the server's gRPC is) or BLS",
     )
     p.add_argument("--grpc-server-cert", metavar="PEM",
                    help="serve gRPC over TLS with this certificate (with --grpc-server-key)")
     p.add_argument("--grpc-server-key", metavar="PEM", help="the TLS certificate's private key")
     p.add_argument("--grpc-root-cert", metavar="PEM",
                    help="mutual TLS: clients must present a certificate signed by this CA")
+    p.add_argument("--grpc-loopback-ca", metavar="PEM",
+                   help="TLS: the CA the orchestrator's loopback trusts (default: --grpc-server-cert "
+                        "and --grpc-root-cert; give the issuer of a CA-signed --grpc-server-cert)")
+    p.add_argument("--grpc-loopback-cert", metavar="PEM",
+                   help="mutual TLS: the orchestrator's client certificate (default: --grpc-server-cert)")
+    p.add_argument("--grpc-loopback-key", metavar="PEM",
+                   help="mutual TLS: its private key (default: --grpc-server-key)")
     p.add_argument(
         "--batch-window-us", type=int_at_least(0),
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
@@ -173,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "same concurrency, no Triton (what serving adds is the difference)")
     b.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N or auto")
     b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES, help="--model: the weights' dtype")
-    b.add_argument("--batch-window-us", type=float_at_least(0), default=5000,
+    b.add_argument("--batch-window-us", type=int_at_least(0), default=5000,
                    help="--model: when idle, wait this long for more requests before a step (as served)")
     b.add_argument("--dataset", default="conll2003")
     b.add_argument("--limit", type=int_at_least(1), default=200)

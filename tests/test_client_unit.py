@@ -385,6 +385,10 @@ def test_bad_configuration():
         NERClient("127.0.0.1:8001", ssl=True, root_certificates="/nonexistent/ca.pem")
     with pytest.raises(FileNotFoundError, match="private_key"):
         AsyncNERClient("127.0.0.1:8001", ssl=True, private_key="/nonexistent/key.pem")
+    with pytest.raises(ValueError, match="tls_server_name given but ssl=False"):
+        NERClient("127.0.0.1:8001", tls_server_name="svc.internal")
+    with pytest.raises(ValueError, match="non-empty host name"):
+        AsyncNERClient("127.0.0.1:8001", ssl=True, tls_server_name="")
 
 
 @pytest.fixture(scope="module")

@@ -110,9 +110,32 @@ def _self_signed(folder) -> tuple:
     return cert, key
 
 
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _ca(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=keyCertSign,cRLSign",
+             "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
+def _signed(folder: Path, ca: tuple[Path, Path], name: str, san: str) -> tuple[Path, Path]:
+    """A certificate (and key) ``ca`` signed for ``name`` with subjectAltName ``san``."""
+    cert, key, csr, ext = (folder / f"{name}.{kind}" for kind in ("pem", "key", "csr", "ext"))
+    ext.write_text(f"subjectAltName={san}\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial",
+             "-days", "1", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return cert, key
+
+
 def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
-    """A real tritonserver with gRPC TLS (``serve --grpc-server-cert/--grpc-server-key``),
-    the orchestrator on BLS (its gRPC loopback speaks no TLS): the SDK with ``ssl=True``
+    """A real tritonserver with gRPC TLS (``serve --grpc-server-cert/--grpc-server-key``);
+    the orchestrator reaches the llm model over its gRPC loopback in TLS too (the default
+    transport; a failed loopback would fail every extraction): the SDK with ``ssl=True``
     and the CA extracts, so does ``extract --root-cert``; a plaintext client cannot connect."""
     from padellm_client import APIConnectionError, NERClient
 
@@ -136,7 +159,8 @@ def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
 
 def test_serve_over_mutual_tls(tmp_path) -> None:
     """``--grpc-root-cert``: a client must present a certificate the CA signed (here the
-    self-signed one, as its own CA); one without is refused."""
+    self-signed one, as its own CA); one without is refused. The orchestrator's loopback
+    presents the server's own certificate, which that CA signed."""
     from padellm_client import APIConnectionError, NERClient
 
     cert, key = _self_signed(tmp_path)
@@ -161,6 +185,49 @@ def test_serve_tls_options_are_checked_up_front(tmp_path, capsys) -> None:
     assert "needs both --grpc-server-cert and --grpc-server-key" in capsys.readouterr().err
     assert main(["serve", "--grpc-server-cert", str(cert), "--grpc-server-key", str(tmp_path / "no.pem")]) == 2
     assert "--grpc-server-key" in capsys.readouterr().err
-    assert main(["serve", "--grpc-server-cert", str(cert), "--grpc-server-key", str(cert),
-                 "--llm-transport", "grpc"]) == 2  # fmt: skip
-    assert "use --llm-transport bls" in capsys.readouterr().err
+    tls = ["serve", "--grpc-server-cert", str(cert), "--grpc-server-key", str(cert)]
+    assert main([*tls, "--grpc-loopback-cert", str(cert), "--grpc-loopback-key", str(cert)]) == 2
+    assert "are for mutual TLS; give --grpc-root-cert too" in capsys.readouterr().err
+    assert main([*tls, "--grpc-root-cert", str(cert), "--grpc-loopback-cert", str(cert)]) == 2
+    assert "--grpc-loopback-cert and --grpc-loopback-key go together" in capsys.readouterr().err
+    assert main([*tls, "--grpc-loopback-ca", str(tmp_path / "no-ca.pem")]) == 2
+    assert "--grpc-loopback-ca" in capsys.readouterr().err
+
+
+def test_serve_mutual_tls_with_separate_server_and_client_cas(tmp_path) -> None:
+    """One CA signs the server's certificate, for ``svc.internal`` only (not 127.0.0.1,
+    where the orchestrator dials); another signs the clients'. The orchestrator's loopback
+    verifies the name (``grpc.ssl_target_name_override``), but its default client
+    certificate, the server's own, is not one the clients' CA signed: serve refuses to
+    start and says what to give (exit 2). With ``--grpc-loopback-cert/-key`` it serves, and
+    the SDK dials the address and names the host with ``tls_server_name``."""
+    from padellm_client import APIConnectionError, NERClient
+
+    _self_signed(tmp_path)  # NOTE: skips without openssl
+    server_ca, client_ca = _ca(tmp_path, "server-ca"), _ca(tmp_path, "client-ca")
+    cert, key = _signed(tmp_path, server_ca, "svc.internal", "DNS:svc.internal")
+    client_cert, client_key = _signed(tmp_path, client_ca, "orchestrator", "DNS:orchestrator")
+    tls = ("--grpc-server-cert", str(cert), "--grpc-server-key", str(key), "--grpc-root-cert", str(client_ca[0]),
+           "--grpc-loopback-ca", str(server_ca[0]))  # fmt: skip
+    grpc_port, http_port, metrics_port = free_ports(3)
+    refused = subprocess.Popen(
+        [*CLI, "serve", "--model", "smollm2-135m", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+         "--metrics-port", str(metrics_port), *tls],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = refused.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # NOTE: a serve that did start, and its tritonserver
+            os.killpg(refused.pid, signal.SIGKILL)
+    assert refused.returncode == 2, out + err
+    assert "the orchestrator cannot reach this server's TLS gRPC port" in err and "--grpc-loopback-cert" in err
+    loopback = ("--grpc-loopback-cert", str(client_cert), "--grpc-loopback-key", str(client_key))
+    with _serving(tmp_path, *tls, *loopback, marker=TLS_READY) as port:
+        url = f"127.0.0.1:{port}"
+        sdk = {"ssl": True, "root_certificates": server_ca[0], "private_key": client_key,
+               "certificate_chain": client_cert}  # fmt: skip
+        with NERClient(url, tls_server_name="svc.internal", timeout=120, **sdk) as client:
+            assert isinstance(client.extract("Japan beat Korea in Tokyo .", labels=["LOC"]), list)
+        with NERClient(url, timeout=20, **sdk) as unnamed, pytest.raises(APIConnectionError):
+            unnamed.extract("Japan beat Korea .", labels=["LOC"])

@@ -4,6 +4,7 @@ BLS LLM client, the llm model's request mapping and the orchestrator (fakes, no 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 import numpy as np
@@ -452,6 +453,80 @@ def test_orchestrator_reaches_its_own_server_on_loopback(tmp_path, monkeypatch):
     assert llm_url("llm-host:8001") == "llm-host:8001"
     monkeypatch.delenv(LLM_URL_ENV)
     assert llm_url(None) == "localhost:8001"
+
+
+def _openssl_cert(folder, name: str, san: str | None):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    extra = ["-addext", f"subjectAltName={san}"] if san else []
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+         *extra, "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_loopback_tls_trusts_names_and_presents_what_the_server_accepts(tmp_path):
+    """What ``serve`` gives the orchestrator's loopback for each kind of certificate;
+    the config parameters carry it unchanged (a real server: tests/test_serve_cli.py)."""
+    from padellm_ner.serving.loopback_tls import LoopbackTLS, certificate_names, loopback_tls
+
+    ip_cert, ip_key = _openssl_cert(tmp_path, "localhost", "IP:127.0.0.1,DNS:localhost")
+    dns_cert, dns_key = _openssl_cert(tmp_path, "svc.internal", "DNS:*.svc.internal,DNS:svc.internal")
+    cn_cert, cn_key = _openssl_cert(tmp_path, "cn-only.example", None)
+    ca = tmp_path / "ca.pem"
+    ca.write_text(ip_cert.read_text())
+    assert certificate_names(ip_cert) == (["localhost"], ["127.0.0.1"])
+    assert certificate_names(cn_cert) == (["cn-only.example"], [])  # NOTE: the CN counts without a SAN
+    assert certificate_names(ip_key) == ([], [])  # not a certificate
+
+    plain = loopback_tls("127.0.0.1", ip_cert, ip_key)
+    assert plain == LoopbackTLS((str(ip_cert),), None, None, None)  # the address is named: no override
+    assert loopback_tls("localhost", ip_cert, ip_key).server_name is None
+    assert loopback_tls("127.0.0.1", dns_cert, dns_key).server_name == "svc.internal"  # not the wildcard
+    assert loopback_tls("127.0.0.1", cn_cert, cn_key).server_name == "cn-only.example"
+    mutual = loopback_tls("127.0.0.1", ip_cert, ip_key, client_ca=ca)
+    assert mutual.root_certs == (str(ip_cert), str(ca)) and (mutual.client_cert, mutual.client_key) == (
+        str(ip_cert), str(ip_key))  # fmt: skip
+    own = loopback_tls("127.0.0.1", ip_cert, ip_key, client_ca=ip_cert, loopback_ca=ca,
+                       loopback_cert=dns_cert, loopback_key=dns_key)  # fmt: skip
+    assert own.root_certs == (str(ca),) and own.client_cert == str(dns_cert) and own.client_key == str(dns_key)
+    for tls in (plain, mutual, own, loopback_tls("127.0.0.1", dns_cert, dns_key)):
+        assert LoopbackTLS.from_params(tls.params()) == tls
+    assert LoopbackTLS.from_params({}) is None
+    kwargs = loopback_tls("127.0.0.1", dns_cert, dns_key).client_kwargs()
+    assert ("grpc.ssl_target_name_override", "svc.internal") in kwargs["channel_args"]
+
+
+def test_assemble_writes_the_loopback_tls(tmp_path, capsys):
+    """``llm_tls`` fills the orchestrator's ``llm_tls_*`` parameters, which the transport
+    reads back; without it they are absent (plaintext). The CLI checks its options."""
+    from padellm_build.assemble import assemble_repository
+    from padellm_build.assemble import main as assemble_main
+    from padellm_ner.serving.loopback_tls import LoopbackTLS, loopback_tls
+
+    def parse_parameters(config: str) -> dict[str, str]:
+        return dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', config))
+
+    cert, key = _openssl_cert(tmp_path, "svc.internal", "DNS:svc.internal")
+    tls = loopback_tls("127.0.0.1", cert, key, client_ca=cert)
+    repo = assemble_repository(tmp_path / "r", "/nonexistent-model", llm_tls=tls, check_model=False)
+    config = (repo / "padellm" / "config.pbtxt").read_text()
+    assert LoopbackTLS.from_params(parse_parameters(config)) == tls
+    plain = assemble_repository(tmp_path / "p", "/nonexistent-model", check_model=False)
+    assert "llm_tls_" not in (plain / "padellm" / "config.pbtxt").read_text().split("name:", 1)[1]
+    base = ["--out", str(tmp_path / "c"), "--model", "/nonexistent-model", "--no-check-model"]
+    with pytest.raises(SystemExit) as exit_info:
+        assemble_main([*base, "--llm-tls-client-cert", str(cert)])
+    assert exit_info.value.code == 2 and "need --llm-tls-root-cert" in capsys.readouterr().err
+    assert assemble_main([*base, "--llm-tls-root-cert", str(cert), "--llm-tls-server-name", "svc.internal"]) == 0
+    written = parse_parameters((tmp_path / "c" / "padellm" / "config.pbtxt").read_text())
+    assert LoopbackTLS.from_params(written) == LoopbackTLS((str(cert),), server_name="svc.internal")
 
 
 def test_upstream_code_keeps_an_llm_refusal_invalid_argument():

@@ -6,16 +6,17 @@ import argparse
 import logging
 import shutil
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
 from padellm_ner.errors import InvalidInputError
+from padellm_ner.serving.loopback_tls import LoopbackTLS, check_loopback, loopback_tls
 from padellm_ner.serving.triton_server import (
     TritonServer,
     TritonServerError,
     check_ports_free,
     find_tritonserver,
+    loopback_host,
 )
 
 __all__ = ["run_serve"]
@@ -69,6 +70,31 @@ def _tls_args(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _loopback(args: argparse.Namespace, host: str) -> LoopbackTLS:
+    """The orchestrator's TLS to its own server (``--grpc-loopback-*``, checked up front)."""
+    ca, cert, key = (getattr(args, name, None) for name in ("grpc_loopback_ca", "grpc_loopback_cert", "grpc_loopback_key"))
+    if (cert or key) and not args.grpc_root_cert:
+        raise InvalidInputError("--grpc-loopback-cert/-key are for mutual TLS; give --grpc-root-cert too")
+    if bool(cert) != bool(key):
+        raise InvalidInputError("--grpc-loopback-cert and --grpc-loopback-key go together")
+    for option, path in (("--grpc-loopback-ca", ca), ("--grpc-loopback-cert", cert), ("--grpc-loopback-key", key)):
+        if path is not None and not Path(path).is_file():
+            raise InvalidInputError(f"{option} {path} is not a file")
+    return loopback_tls(host, args.grpc_server_cert, args.grpc_server_key, args.grpc_root_cert, ca, cert, key)
+
+
+def _check_loopback(server: TritonServer, tls: LoopbackTLS) -> None:
+    """Refuse to serve when the orchestrator could not reach its own TLS port."""
+    reason = check_loopback(server.loopback_grpc_url, tls)
+    if reason is not None:
+        hint = ("give --grpc-loopback-cert/--grpc-loopback-key, a client certificate --grpc-root-cert signed, "
+                "or " if tls.client_cert else "give ")  # fmt: skip
+        raise InvalidInputError(
+            f"the orchestrator cannot reach this server's TLS gRPC port {server.loopback_grpc_url}: {reason}\n"
+            f"{hint}--grpc-loopback-ca, the CA that signed --grpc-server-cert (or --llm-transport bls)"
+        )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Assemble (a temp dir unless ``--repository``), start tritonserver, wait for Ctrl-C/SIGTERM."""
     from padellm_build.assemble import assemble_repository
@@ -87,19 +113,8 @@ def run_serve(args: argparse.Namespace) -> int:
     else:
         _check_tensorrtllm(getattr(args, "engine_dir", None))
     tls = _tls_args(args)
-    transport = getattr(args, "llm_transport", None) or ("bls" if tls else "grpc")
-    if tls:
-        if transport == "grpc":
-            raise InvalidInputError(
-                "with TLS the orchestrator cannot reach the llm model over its gRPC loopback; "
-                "use --llm-transport bls (the default with TLS)"
-            )
-        print(
-            "padellm-ner: note: with TLS the orchestrator calls the llm model over BLS, which "
-            "python_backend 2.51 can crash under heavy concurrent load (README, 'Serving on "
-            "Triton'); for production TLS, a TLS proxy in front of a loopback server is safer",
-            file=sys.stderr, flush=True,
-        )
+    transport = getattr(args, "llm_transport", None) or "grpc"
+    llm_tls = _loopback(args, loopback_host(args.host)) if tls and transport == "grpc" else None
     temp = args.repository is None
     repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()
@@ -114,6 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
             args.labels,
             llm_backend=args.llm_backend,
             llm_transport=transport,
+            llm_tls=llm_tls,
             batch_window_us=args.batch_window_us,
             count_hedge=getattr(args, "count_hedge", None),
             device=args.device,
@@ -135,6 +151,8 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         print(f"padellm-ner: starting tritonserver (model {args.model}); log {server.log_path}", flush=True)
         server.start()
+        if llm_tls is not None:
+            _check_loopback(server, llm_tls)
         print(
             f"padellm-ner: serving model 'padellm' on gRPC{' (TLS)' if tls else ''} :{server.grpc_port}, "
             f"HTTP :{server.http_port}, metrics :{server.metrics_port} (Ctrl-C to stop)",

@@ -31,6 +31,7 @@ __all__ = [
     "check_ports_free",
     "find_tritonserver",
     "free_ports",
+    "loopback_host",
 ]
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,11 @@ def stub_search_dir() -> str:
 LLM_URL_ENV = "PADELLM_LLM_URL"
 
 
+def loopback_host(host: str) -> str:
+    """The address this host dials to reach a server bound to ``host`` (a wildcard: 127.0.0.1)."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
+
 def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment tritonserver and its Python stubs need."""
     env = dict(os.environ if base is None else base)
@@ -194,9 +200,8 @@ class TritonServer:
 
     @property
     def loopback_grpc_url(self) -> str:
-        """The gRPC address as seen from this host (a wildcard host becomes 127.0.0.1)."""
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::", "[::]") else self.host
-        return f"{host}:{self.grpc_port}"
+        """The gRPC address as seen from this host."""
+        return f"{loopback_host(self.host)}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
