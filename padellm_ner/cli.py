@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float_above(0), default=60.0, help="seconds per request with --server")
     p.add_argument("--root-cert", metavar="PEM",
                    help="with --server: talk TLS, trusting this CA (the server's --grpc-server-cert or its issuer)")
+    p.add_argument("--client-cert", metavar="PEM", help="with --root-cert, mutual TLS: this client's certificate")
+    p.add_argument("--client-key", metavar="PEM", help="with --client-cert: its private key")
+    p.add_argument("--tls-server-name", metavar="HOST",
+                   help="with --root-cert: verify the server's certificate against this name, not --server's host")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
     p.add_argument("--max-mentions", type=int_at_least(1), default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")

@@ -69,7 +69,9 @@ def _server_extractor(args: Namespace) -> tuple[BatchExtractFn, Callable[[], Non
     root = getattr(args, "root_cert", None)
     try:
         client = padellm_client.NERClient(
-            args.server, timeout=args.timeout, ssl=root is not None, root_certificates=root
+            args.server, timeout=args.timeout, ssl=root is not None, root_certificates=root,
+            private_key=getattr(args, "client_key", None), certificate_chain=getattr(args, "client_cert", None),
+            tls_server_name=getattr(args, "tls_server_name", None),
         )
     except (ValueError, FileNotFoundError) as exc:
         raise InvalidInputError(str(exc)) from exc
@@ -252,6 +254,12 @@ def run_extract(args: Namespace) -> int:
     job = JsonlJob.open(Path(args.input), Path(args.output)) if args.input else None
     if getattr(args, "root_cert", None) and not args.server:
         raise InvalidInputError("--root-cert goes with --server (TLS to a server)")
+    tls_extras = [f"--{name.replace('_', '-')}" for name in ("client_cert", "client_key", "tls_server_name")
+                  if getattr(args, name, None)]  # fmt: skip
+    if tls_extras and not getattr(args, "root_cert", None):
+        raise InvalidInputError(f"{', '.join(tls_extras)} go with --server and --root-cert (TLS)")
+    if bool(getattr(args, "client_cert", None)) != bool(getattr(args, "client_key", None)):
+        raise InvalidInputError("--client-cert and --client-key go together (mutual TLS)")
     if getattr(args, "count_hedge", None) is not None and args.server:
         raise InvalidInputError(
             "--count-hedge is the server's setting (padellm-ner serve --count-hedge P), not a request's"

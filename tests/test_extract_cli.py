@@ -117,6 +117,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["--input", "short.jsonl", "--output", "short.jsonl/o.jsonl"], "cannot write --output short.jsonl/o.jsonl"),
         (["Japan .", "--count-hedge", "1.5"], "--count-hedge is 1.5"),
         (["Japan .", "--count-hedge", "0.5", "--server", "127.0.0.1:1"], "the server's setting"),
+        (["Japan .", "--server", "127.0.0.1:1", "--tls-server-name", "svc"], "--tls-server-name go with --server and --root-cert"),
+        (["Japan .", "--server", "127.0.0.1:1", "--root-cert", "short.jsonl", "--client-cert", "short.jsonl"],
+         "--client-cert and --client-key go together"),
+        (["Japan .", "--server", "127.0.0.1:1", "--root-cert", "missing.pem"], "root_certificates file not found"),
     ],
 )
 def test_cli_bad_input_is_a_clear_error(

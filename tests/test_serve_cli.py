@@ -174,6 +174,12 @@ def test_serve_over_mutual_tls(tmp_path) -> None:
             APIConnectionError
         ):
             anonymous.extract("Japan beat Korea .", labels=["LOC"])
+        cli = subprocess.run(
+            [*CLI, "extract", "Japan beat Korea .", "--labels", "LOC", "--json", "--server", url,
+             "--root-cert", str(cert), "--client-cert", str(cert), "--client-key", str(key)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert cli.returncode == 0 and isinstance(json.loads(cli.stdout), list), cli.stderr
 
 
 def test_serve_tls_options_are_checked_up_front(tmp_path, capsys) -> None:
@@ -231,3 +237,10 @@ def test_serve_mutual_tls_with_separate_server_and_client_cas(tmp_path) -> None:
             assert isinstance(client.extract("Japan beat Korea in Tokyo .", labels=["LOC"]), list)
         with NERClient(url, timeout=20, **sdk) as unnamed, pytest.raises(APIConnectionError):
             unnamed.extract("Japan beat Korea .", labels=["LOC"])
+        cli = subprocess.run(
+            [*CLI, "extract", "Japan beat Korea .", "--labels", "LOC", "--json", "--server", url,
+             "--root-cert", str(server_ca[0]), "--client-cert", str(client_cert), "--client-key", str(client_key),
+             "--tls-server-name", "svc.internal"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert cli.returncode == 0 and isinstance(json.loads(cli.stdout), list), cli.stderr
