@@ -69,6 +69,8 @@ class GrpcTransport:
     def __init__(self, url: str, tls: LoopbackTLS | None = None) -> None:
         self.url = url
         self.tls = tls
+        # NOTE: read the PEM files once, when the model loads, not per calling thread
+        self._client_kwargs = tls.client_kwargs() if tls else {}
         self._local = threading.local()
         self._clients: list = []
         self._lock = threading.Lock()
@@ -78,7 +80,7 @@ class GrpcTransport:
         if client is None:
             import tritonclient.grpc as grpcclient
 
-            client = grpcclient.InferenceServerClient(self.url, **(self.tls.client_kwargs() if self.tls else {}))
+            client = grpcclient.InferenceServerClient(self.url, **self._client_kwargs)
             self._local.client = client
             with self._lock:
                 self._clients.append(client)

@@ -52,6 +52,13 @@ def _check_tensorrtllm(engine_dir: str | None) -> None:
         )
 
 
+def _require_files(options: dict[str, str | None]) -> None:
+    """Each given ``--option PATH`` names a file (checked before the model loads)."""
+    for option, path in options.items():
+        if path is not None and not Path(path).is_file():
+            raise InvalidInputError(f"{option} {path} is not a file")
+
+
 def _tls_args(args: argparse.Namespace) -> list[str]:
     """tritonserver's gRPC TLS flags from ``--grpc-server-cert/-key`` (and
     ``--grpc-root-cert``: mutual TLS), checked up front; [] without TLS."""
@@ -60,9 +67,7 @@ def _tls_args(args: argparse.Namespace) -> list[str]:
         return []
     if not (cert and key):
         raise InvalidInputError("TLS needs both --grpc-server-cert and --grpc-server-key")
-    for option, path in (("--grpc-server-cert", cert), ("--grpc-server-key", key), ("--grpc-root-cert", root)):
-        if path is not None and not Path(path).is_file():
-            raise InvalidInputError(f"{option} {path} is not a file")
+    _require_files({"--grpc-server-cert": cert, "--grpc-server-key": key, "--grpc-root-cert": root})
     flags = ["--grpc-use-ssl=true", f"--grpc-server-cert={Path(cert).resolve()}",
              f"--grpc-server-key={Path(key).resolve()}"]  # fmt: skip
     if root:
@@ -77,9 +82,7 @@ def _loopback(args: argparse.Namespace, host: str) -> LoopbackTLS:
         raise InvalidInputError("--grpc-loopback-cert/-key are for mutual TLS; give --grpc-root-cert too")
     if bool(cert) != bool(key):
         raise InvalidInputError("--grpc-loopback-cert and --grpc-loopback-key go together")
-    for option, path in (("--grpc-loopback-ca", ca), ("--grpc-loopback-cert", cert), ("--grpc-loopback-key", key)):
-        if path is not None and not Path(path).is_file():
-            raise InvalidInputError(f"{option} {path} is not a file")
+    _require_files({"--grpc-loopback-ca": ca, "--grpc-loopback-cert": cert, "--grpc-loopback-key": key})
     return loopback_tls(host, args.grpc_server_cert, args.grpc_server_key, args.grpc_root_cert, ca, cert, key)
 
 
