@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -160,6 +161,9 @@ class TritonServer:
         extra_args: more tritonserver flags.
         env: the server's environment (default: ours, plus library paths).
         exit_timeout_s: ``--exit-timeout-secs``, the grace period of a shutdown.
+        die_with_parent: on Linux, the server gets SIGTERM if this process dies without
+            stopping it (``kill -9``, an OOM kill), so no orphan keeps the ports. Only armed
+            when started from the main thread (the kernel ties it to the starting thread).
     """
 
     def __init__(
@@ -174,6 +178,7 @@ class TritonServer:
         extra_args: list[str] | None = None,
         env: dict[str, str] | None = None,
         exit_timeout_s: int = 5,
+        die_with_parent: bool = True,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         ports = free_ports(3)
@@ -185,6 +190,7 @@ class TritonServer:
         self.extra_args = list(extra_args or [])
         self.exit_timeout_s = exit_timeout_s
         self.env = env
+        self.die_with_parent = die_with_parent
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
@@ -237,7 +243,7 @@ class TritonServer:
         if self._proc is not None:
             raise TritonServerError("server already started")
         install = find_tritonserver()
-        cmd = self.command(install)
+        cmd = self._guarded(self.command(install))
         logger.info("starting %s (log: %s)", " ".join(cmd), self.log_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen(
@@ -254,6 +260,17 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def _guarded(self, cmd: list[str]) -> list[str]:
+        """``cmd`` behind die_with_parent.py, when that is asked for and can work."""
+        if not (self.die_with_parent and sys.platform.startswith("linux")):
+            return cmd
+        if threading.current_thread() is not threading.main_thread():
+            logger.debug("started from a worker thread: not tying tritonserver to it")
+            return cmd
+        launcher = Path(__file__).with_name("die_with_parent.py")
+        # NOTE: -I -S: the launcher is stdlib only; the exec'd server gets our full env.
+        return [sys.executable, "-I", "-S", str(launcher), str(os.getpid()), "--", *cmd]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

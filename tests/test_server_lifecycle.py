@@ -1,0 +1,128 @@
+"""A tritonserver started by us must not outlive us, even when we are SIGKILLed.
+
+Real processes throughout: die_with_parent.py in front of ``sleep``, then a real
+tritonserver (empty model repository) whose parent is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from padellm_ner.serving import die_with_parent
+from padellm_ner.serving.triton_server import TritonServer, check_ports_free
+
+LAUNCHER = Path(die_with_parent.__file__)
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux"
+)
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for a reaper counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _spawn_parent(code: str) -> tuple[subprocess.Popen, int]:
+    """A parent process running ``code``; it prints its child's pid on its first line."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    line = parent.stdout.readline()
+    assert line.strip().isdigit(), f"parent printed {line!r}"
+    return parent, int(line)
+
+
+def _kill_all(parent: subprocess.Popen, child: int) -> None:
+    for pid in (parent.pid, child):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    parent.wait()
+
+
+def test_the_child_gets_sigterm_when_its_parent_is_killed() -> None:
+    parent, child = _spawn_parent(f"""
+        import os, subprocess, sys, time
+        p = subprocess.Popen([sys.executable, {str(LAUNCHER)!r}, str(os.getpid()), "--", "sleep", "120"])
+        print(p.pid, flush=True)
+        time.sleep(120)
+    """)
+    try:
+        time.sleep(0.5)  # the launcher has exec'd sleep by now
+        assert not _gone(child, 0), "the child died on its own"
+        assert "sleep" in Path(f"/proc/{child}/cmdline").read_text()  # same pid after exec
+        os.kill(parent.pid, signal.SIGKILL)
+        assert _gone(child, 10), "the child outlived its SIGKILLed parent"
+    finally:
+        _kill_all(parent, child)
+
+
+def test_the_launcher_refuses_when_its_parent_is_already_gone_or_the_call_is_wrong() -> None:
+    run = [sys.executable, str(LAUNCHER)]
+    # A parent pid that is not ours: the parent "died" before the signal was armed.
+    late = subprocess.run(
+        [*run, "1", "--", "echo", "ran"], capture_output=True, text=True, timeout=30
+    )
+    assert late.returncode == 1 and "ran" not in late.stdout
+    usage = subprocess.run([*run, "echo"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    missing = subprocess.run([*run, str(os.getpid()), "--", "/nonexistent/x"],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert missing.returncode == 127 and "cannot run" in missing.stderr
+
+
+def test_a_server_started_from_a_worker_thread_is_not_tied_to_that_thread(tmp_path) -> None:
+    """The kernel signals when the forking *thread* exits; a worker thread must not arm it."""
+    server = TritonServer(tmp_path, die_with_parent=True)
+    cmd = ["tritonserver", "--x"]
+    assert server._guarded(cmd)[:3] == [sys.executable, "-I", "-S"]
+    result: list[list[str]] = []
+    worker = threading.Thread(target=lambda: result.append(server._guarded(cmd)))
+    worker.start()
+    worker.join()
+    assert result == [cmd]
+    assert TritonServer(tmp_path, die_with_parent=False)._guarded(cmd) == cmd
+
+
+def test_tritonserver_stops_when_the_process_that_started_it_is_sigkilled(tmp_path) -> None:
+    """The point of it all: the ports a SIGKILLed parent's server held can be taken again."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    parent, server_pid = _spawn_parent(f"""
+        import time
+        from padellm_ner.serving.triton_server import TritonServer
+        s = TritonServer({str(repo)!r}, startup_timeout=120, log_path={str(tmp_path / "server.log")!r}).start()
+        print(s._proc.pid, flush=True)
+        print(s.grpc_port, s.http_port, s.metrics_port, flush=True)
+        time.sleep(600)
+    """)
+    try:
+        grpc, http, metrics = (int(p) for p in parent.stdout.readline().split())
+        assert "tritonserver" in Path(f"/proc/{server_pid}/cmdline").read_text()
+        os.kill(parent.pid, signal.SIGKILL)
+        assert _gone(server_pid, 30), "tritonserver outlived the process that started it"
+        check_ports_free("127.0.0.1", {"grpc": grpc, "http": http, "metrics": metrics})
+    finally:
+        _kill_all(parent, server_pid)
