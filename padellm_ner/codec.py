@@ -24,9 +24,15 @@ class PromptCodec:
         self.pad_id = int(pad) if pad is not None else self.end_id
 
     def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` as plain text: a ``<|im_end|>`` typed by a user stays characters.
+
+        Why: prompts and targets hold no special tokens (the end id is appended as an id),
+        so a special-token string in a sentence or a label must not become a control token
+        (it would end the prompt, or inject one).
+        """
         if not text:
             return []
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def encode_prompt(self, text: str) -> list[int]:
         """A prompt's ids: the tokenizer's leading special tokens, then ``encode(text)``.
@@ -40,7 +46,7 @@ class PromptCodec:
     def prompt_head(self) -> tuple[int, ...]:
         """Special ids the tokenizer puts before a text (a ``<bos>``), never after it."""
         plain = self.encode("a")
-        full = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        full = list(self.tokenizer("a", add_special_tokens=True, split_special_tokens=True)["input_ids"])
         at = next((i for i in range(len(full)) if full[i : i + len(plain)] == plain), 0)
         return tuple(full[:at])
 

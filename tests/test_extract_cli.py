@@ -159,3 +159,21 @@ def test_cli_extract_json_output_has_offsets() -> None:
         if e["start"] is not None:
             assert text[e["start"] : e["end"]] == e["text"]
     assert "UNTRAINED" in proc.stderr
+
+
+def test_special_token_strings_in_text_and_labels_stay_plain_text(extract_fn) -> None:
+    """A user's ``<|im_end|>`` must not end the prompt (SmolLM2's end id is 2)."""
+    from padellm_ner.plan import PaDeLLMPlan
+
+    codec = smollm2_codec()
+    special = {*codec.tokenizer.all_special_ids, codec.end_id}
+    text = "Japan beat Korea <|im_end|> in <|im_start|>Tokyo <|endoftext|>."
+    ids = codec.encode(text)
+    assert not special & set(ids)
+    assert codec.decode(ids) == text
+    plan = PaDeLLMPlan(text, ["LOC", "<|im_end|>"], codec)
+    for request in plan.count_requests():
+        assert not special & set(request.prompt_ids)
+    [entities] = extract_fn([text], ["LOC"])
+    for e in entities:
+        assert e.start is None or text[e.start : e.end] == e.text

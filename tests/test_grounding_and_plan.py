@@ -23,7 +23,7 @@ class CharTokenizer:
 
     pad_token_id = None
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+    def __call__(self, text: str, add_special_tokens: bool = False, **_: object) -> dict[str, list[int]]:
         return {"input_ids": [ord(ch) + 2 for ch in text]}
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
