@@ -13,6 +13,7 @@ from typing import Any
 
 from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.labels import check_labels
+from padellm_ner.text_rules import check_text
 from padellm_ner.types import Entity
 
 __all__ = ["run_extract", "render_table", "JsonlJob", "process_jsonl"]
@@ -119,7 +120,9 @@ class JsonlJob:
     @classmethod
     def open(cls, input_path: Path, output_path: Path) -> JsonlJob:
         try:
-            lines = input_path.read_text(encoding="utf-8").splitlines()
+            # NOTE: lines end at "\n" only: JSON strings may hold a raw U+2028 or U+0085
+            # (our own output writes them so), which str.splitlines() would cut at.
+            lines = input_path.read_text(encoding="utf-8-sig").split("\n")
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInputError(f"cannot read --input {input_path}: {exc}") from exc
         if output_path.resolve() == input_path.resolve():
@@ -129,7 +132,9 @@ class JsonlJob:
             output_path.open("a", encoding="utf-8").close()  # NOTE: writable, before the model loads
         except OSError as exc:
             raise InvalidInputError(f"cannot write --output {output_path}: {exc.strerror or exc}") from exc
-        done = _read_done(output_path)
+        if lines and not lines[-1].strip():
+            lines.pop()  # the file's last newline ends a line, it does not start one
+        done = _read_done(output_path) if output_path.resolve().is_file() else 0  # NOTE: a pipe
         if done > len(lines):
             raise InvalidInputError(
                 f"{output_path} has {done} lines but {input_path} only {len(lines)}; "
@@ -231,12 +236,15 @@ def _parse_line(
         item = {"text": item}
     if not isinstance(item, dict) or not isinstance(item.get("text"), str):
         raise InvalidInputError('each line must be a JSON object with a "text" string')
-    labels = item.get("labels") or default_labels
+    labels = item.get("labels")  # NOTE: [] or "" is an error, as --labels "" is; null is the default
+    if labels is None:
+        labels = default_labels
     if labels is not None and not isinstance(labels, list | tuple):
         # NOTE: a bare string would be read as its letters; check_labels checks the items
         raise InvalidInputError('"labels" must be a list of strings, e.g. ["PER", "LOC"]')
     if not item["text"].strip():
         raise InvalidInputError("the text is empty")
+    check_text(item["text"])
     return item.get("id", number), item["text"], check_labels(labels) if labels is not None else None
 
 
@@ -245,12 +253,13 @@ def run_extract(args: Namespace) -> int:
         raise InvalidInputError('give either a TEXT argument or --input FILE.jsonl')
     if args.input and not args.output:
         raise InvalidInputError("--input needs --output (the results file; reruns resume it)")
-    if args.text is not None and not args.text.strip():
-        raise InvalidInputError("the text is empty; pass the sentence to analyse")
+    if args.text is not None:
+        check_text(args.text)
     if args.labels is not None:
         args.labels = check_labels(args.labels, "--labels")
     if args.input and not Path(args.input).is_file():
-        raise InvalidInputError(f"--input {args.input} does not exist")
+        what = "is a folder, not a JSONL file" if Path(args.input).is_dir() else "does not exist"
+        raise InvalidInputError(f"--input {args.input} {what}")
     job = JsonlJob.open(Path(args.input), Path(args.output)) if args.input else None
     if getattr(args, "root_cert", None) and not args.server:
         raise InvalidInputError("--root-cert goes with --server (TLS to a server)")

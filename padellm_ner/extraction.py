@@ -21,6 +21,7 @@ from padellm_ner.labels import check_labels
 from padellm_ner.llm import LLM, AsyncLLM
 from padellm_ner.model_info import ModelInfo, detect_lang, read_model_info, retag
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, arun_plan, run_plans
+from padellm_ner.text_rules import check_text
 from padellm_ner.types import Entity
 
 __all__ = ["ModelInfo", "ExtractionOutput", "Extractor", "read_model_info", "detect_lang"]
@@ -149,7 +150,7 @@ class Extractor:
         if len(langs) != len(texts):
             raise InvalidInputError(f"{len(texts)} texts but {len(langs)} languages")
         for text in texts:
-            _check_text(text)
+            check_text(text)
         langs = [
             lang or (self.info.lang if self.info.trained else detect_lang(text))
             for text, lang in zip(texts, langs)
@@ -196,13 +197,6 @@ def _baseline_output(plan: BaselinePlan, entities: list[Entity]) -> ExtractionOu
         critical_path_steps=max(steps, default=0),
         critical_path_steps_batch=max(steps, default=0),
     )
-
-
-def _check_text(text: str) -> None:
-    if not text or not text.strip():
-        raise InvalidInputError("text is empty; pass the sentence to analyse")
-    if "\x00" in text:
-        raise InvalidInputError("text contains a NUL byte; remove it")
 
 
 def _output(entities: list[Entity], stats: PlanStats) -> ExtractionOutput:

@@ -35,7 +35,7 @@ def check_labels(labels: Iterable[str], what: str = "labels") -> list[str]:
         name = raw.strip()
         if not name:
             raise InvalidInputError(f"{what}[{i}] is empty; send label names like PER")
-        if bad := next((ch for ch in name if unicodedata.category(ch) == "Cc"), None):
+        if bad := next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None):
             raise InvalidInputError(
                 f"{what}[{i}] contains the control character {bad!r}; a label is one line of text"
             )

@@ -64,6 +64,54 @@ def test_jsonl_every_line_answered_and_rerun_resumes(tmp_path: Path, extract_fn)
     assert [json.loads(x) for x in out.read_text().splitlines()] == records
 
 
+def test_jsonl_lines_end_at_newlines_only_and_odd_lines_get_their_own_error(
+    tmp_path: Path, extract_fn
+) -> None:
+    """A BOM, a raw U+2028/U+0085 inside a string (our own output writes them raw), a lone
+    surrogate, and ``"labels": []``: one output line per input line, errors on their line."""
+    lines = [
+        json.dumps({"id": "sep", "text": "Japan\u2028beat Korea\u0085."}, ensure_ascii=False),
+        json.dumps({"id": "surrogate", "text": "\ud800 Korea"}),  # json escapes it: valid JSON
+        json.dumps({"id": "nolabels", "text": "Japan .", "labels": []}),
+        json.dumps({"id": "falsy", "text": "Japan .", "labels": ""}),
+        json.dumps({"id": "ok", "text": "Japan beat Korea ."}),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(lines) + "\r\n", encoding="utf-8-sig")
+    out = tmp_path / "out.jsonl"
+    done, errors = process_jsonl(JsonlJob.open(src, out), extract_fn, progress=False)
+    records = [json.loads(x) for x in out.read_bytes().decode().split("\n")[:-1]]
+    assert (done, errors, len(records)) == (5, 3, 5)
+    assert [r["id"] for r in records] == ["sep", "surrogate", "nolabels", "falsy", "ok"]
+    assert records[0]["text"] == "Japan\u2028beat Korea\u0085." and "entities" in records[0]
+    assert "line 2: text is not valid Unicode" in records[1]["error"]
+    assert "line 3: labels is empty" in records[2]["error"]
+    assert "line 4:" in records[3]["error"] and "must be a list" in records[3]["error"]
+    assert "entities" in records[4]
+    assert JsonlJob.open(src, out).done == 5  # and the rerun finds them all done
+
+
+def test_jsonl_output_to_a_pipe_is_written_not_resumed(tmp_path: Path, extract_fn) -> None:
+    """``--output /dev/stdout | ...``: a pipe cannot be read back for resuming (it used to
+    block there forever); the lines are written to it."""
+    import os
+    import threading
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps("Japan beat Korea .") + "\n")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    job = JsonlJob.open(src, fifo)
+    assert job.done == 0
+    process_jsonl(job, extract_fn, progress=False)
+    reader.join(timeout=30)
+    records = [json.loads(x) for x in b"".join(got).decode().splitlines()]
+    assert [r["text"] for r in records] == ["Japan beat Korea ."]
+
+
 def test_jsonl_batches_give_the_lines_of_one_at_a_time(tmp_path: Path, extract_fn) -> None:
     """``--batch-sentences``: lines with the same labels go in one call, the output is
     line for line the same, and a text the model refuses (too long) spoils only its line."""
@@ -121,6 +169,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["Japan .", "--server", "127.0.0.1:1", "--root-cert", "short.jsonl", "--client-cert", "short.jsonl"],
          "--client-cert and --client-key go together"),
         (["Japan .", "--server", "127.0.0.1:1", "--root-cert", "missing.pem"], "root_certificates file not found"),
+        (["Japan \udcff ."], "text is not valid Unicode at character 6"),
+        (["--input", ".", "--output", "o.jsonl"], "is a folder, not a JSONL file"),
+        (["Japan .", "--labels", "PER\u2028LOC"], "--labels[0] contains the control character"),
     ],
 )
 def test_cli_bad_input_is_a_clear_error(
