@@ -109,8 +109,7 @@ def parse_llm_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[list[int], lis
 
     Accepts ``output_ids`` shaped ``[beam, len]`` or ``[batch, beam, len]``.
     """
-    ids = np.asarray(outputs["output_ids"])
-    ids = ids.reshape(-1, ids.shape[-1])[0] if ids.ndim else ids.reshape(-1)  # [len]
+    ids = _first_row(outputs["output_ids"])  # [len]
     length = len(ids)
     if outputs.get("sequence_length") is not None:
         length = min(length, int(np.asarray(outputs["sequence_length"]).reshape(-1)[0]))
@@ -118,10 +117,24 @@ def parse_llm_outputs(outputs: Mapping[str, np.ndarray]) -> tuple[list[int], lis
     if log_probs is None:
         lp = [0.0] * length
     else:
-        lp_arr = np.asarray(log_probs, dtype=np.float64)
-        lp_arr = lp_arr.reshape(-1, lp_arr.shape[-1])[0] if lp_arr.ndim else lp_arr.reshape(-1)
-        lp = [float(x) for x in lp_arr[:length]]
+        lp = [float(x) for x in _first_row(log_probs, np.float64)[:length]]
     return [int(x) for x in ids[:length]], lp
+
+
+def _drop_outcome(future: asyncio.Future) -> None:
+    """Retrieve the outcome of a call whose caller was cancelled, so asyncio does not log
+    "Future exception was never retrieved" with a traceback for every cancelled request."""
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        logger.debug("a cancelled LLM call ended with %r", exc)
+
+
+def _first_row(values: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    """Row 0 of ``[len]``, ``[beam, len]`` or ``[batch, beam, len]``; an empty output
+    (an aborted request is answered with ``output_ids`` [1, 0]) is an empty row."""
+    arr = np.asarray(values, dtype=dtype)
+    if arr.ndim < 2 or arr.size == 0:
+        return arr.reshape(-1)
+    return arr.reshape(-1, arr.shape[-1])[0]
 
 
 class TritonAsyncLLM:
@@ -168,6 +181,7 @@ class TritonAsyncLLM:
             with self._lock:
                 self._cancelled.add(req_id)
             loop.run_in_executor(self._stop_pool, self._stop, req_id)
+            future.add_done_callback(_drop_outcome)  # NOTE: nobody awaits it any more
             raise
 
     def _call(

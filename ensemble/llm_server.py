@@ -68,8 +68,11 @@ def parse_llm_request(get: Callable[[str], np.ndarray | None], req_id: str) -> L
         stops.append(end_id)
     multi: list[tuple[int, ...]] = []
     words = get("stop_words_list")
-    if words is not None:
-        table = np.asarray(words).reshape(-1, 2, np.asarray(words).shape[-1])[0]  # [2, n]
+    if words is not None and np.asarray(words).size:  # NOTE: [2, 0]: no stop words
+        words = np.asarray(words)
+        if words.ndim < 2 or words.size % (2 * words.shape[-1]):
+            raise LLMWireError(f"stop_words_list has shape {list(words.shape)}; send [2, n] (ids, offsets)")
+        table = words.reshape(-1, 2, words.shape[-1])[0]  # [2, n]
         flat, offsets = table[0], [int(o) for o in table[1] if o >= 0]
         start = 0
         for end in offsets:

@@ -470,3 +470,26 @@ def test_a_request_too_long_for_the_model_is_refused_without_leaving_the_rest_qu
     assert not core.has_unfinished()  # the short one did not stay queued
     again = llm.generate([short])
     assert len(again) == 1 and len(again[0].token_ids) == 4
+
+
+def test_a_token_outside_the_vocabulary_is_refused_on_entry_and_the_batch_goes_on() -> None:
+    """An out-of-range id used to reach the embedding and fail every request in the batch."""
+    import pytest
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from padellm_ner.errors import InvalidInputError
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    core = EngineCore(LlamaForCausalLM(config).eval())
+    core.add_request("good", GenerationRequest((1, 2, 3), 4, ()))
+    for bad in (64, -1):
+        with pytest.raises(InvalidInputError, match=rf"token id {bad} is outside.*\[0, 64\)"):
+            core.add_request(f"bad{bad}", GenerationRequest((1, bad, 3), 4, ()))
+    outputs = []
+    while core.has_unfinished():
+        outputs.extend(core.step())
+    assert [o.req_id for o in outputs] == ["good"] * 4 and outputs[-1].finished

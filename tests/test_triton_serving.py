@@ -118,6 +118,33 @@ def test_llm_refuses_a_prompt_longer_than_the_model_as_invalid_argument(triton_s
     _healthy(triton_server, sentences[0])
 
 
+def test_a_bad_llm_request_fails_alone_while_extractions_go_on(triton_server, sentences, in_process):
+    """Token ids outside the vocabulary used to fail the engine's whole batch (every
+    request in flight, a user's extraction too): now refused on entry, INVALID_ARGUMENT.
+    An empty ``stop_words_list`` ([2, 0]) means no stop words, not a server error."""
+    from tritonclient.utils import InferenceServerException
+
+    from padellm_ensemble.llm_client import build_llm_inputs, parse_llm_outputs
+    from padellm_ner.llm import GenerationRequest
+    from tests.model_cache import smollm2_codec
+
+    codec = smollm2_codec()
+    with ThreadPoolExecutor(4) as pool:
+        served = [pool.submit(_extract, triton_server.grpc_url, text) for text in sentences[:4]]
+        for bad_id in (999_999, -1, 2**31 - 1):
+            request = GenerationRequest(prompt_ids=(42, bad_id, 42), max_new_tokens=4, stop_ids=())
+            with pytest.raises(InferenceServerException) as info:
+                stream_call(triton_server.grpc_url, "llm", build_llm_inputs(request, codec.end_id))
+            message = info.value.message()
+            assert message.startswith("[INVALID_ARGUMENT] ") and "outside the model's vocabulary" in message
+        for future, expected in zip(served, in_process[:4]):
+            _same(future.result(timeout=600), expected)
+    request = GenerationRequest(tuple(codec.encode(sentences[0])), max_new_tokens=3, stop_ids=())
+    inputs = {**build_llm_inputs(request, codec.end_id), "stop_words_list": np.zeros((2, 0), np.int32)}
+    (response,) = stream_call(triton_server.grpc_url, "llm", inputs)
+    assert len(parse_llm_outputs({"output_ids": response.as_numpy("output_ids")})[0]) == 3
+
+
 def test_llm_streaming_one_response_per_token(triton_server, sentences):
     from padellm_ensemble.llm_client import build_llm_inputs, parse_llm_outputs
     from padellm_ner.llm import GenerationRequest

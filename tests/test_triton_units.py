@@ -165,6 +165,11 @@ def test_parse_llm_outputs_cuts_at_sequence_length():
     out = {"output_ids": np.array([[[4, 5, 0]]], dtype=np.int32), "sequence_length": np.array([[2]]),
            "output_log_probs": np.array([[[-1.0, -2.0, 0.0]]], dtype=np.float32)}
     assert parse_llm_outputs(out) == ([4, 5], [-1.0, -2.0])
+    # an aborted request's answer: no ids at all ([1, 0]), with or without log-probs
+    empty = {"output_ids": np.zeros((1, 0), np.int32), "sequence_length": np.array([0], np.int32),
+             "output_log_probs": np.zeros((1, 0), np.float32)}  # fmt: skip
+    assert parse_llm_outputs(empty) == ([], [])
+    assert parse_llm_outputs({"output_ids": np.zeros((1, 1, 0), np.int32)}) == ([], [])
 
 
 def test_bls_llm_streams_and_stops_on_cancel():

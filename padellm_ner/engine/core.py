@@ -62,6 +62,7 @@ class EngineCore:
         self.runner = ModelRunner(model, pad_id=pad_id, min_shared_prefix=min_shared_prefix)
         self.scheduler = scheduler or FcfsScheduler(max_batch_size)
         self.max_model_len = max_model_len or _usable_length(model.config)
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._requests: dict[str, Request] = {}
         self.loaded: Any = None  # the LoadedModel when built by from_pretrained
 
@@ -87,10 +88,18 @@ class EngineCore:
         return self.runner.stats
 
     def add_request(self, req_id: str, request: GenerationRequest) -> None:
-        """Queue a request; ValueError for a duplicate id, InvalidInputError when too long."""
+        """Queue a request; ValueError for a duplicate id, InvalidInputError when too long
+        or when a prompt id is not in the vocabulary."""
         if req_id in self._requests:
             raise ValueError(f"request id {req_id!r} is already in the engine")
         req = Request.from_generation_request(req_id, request)
+        if bad := next((t for t in req.prompt_ids if not 0 <= t < self.vocab_size), None):
+            # NOTE: checked here, not in the forward: an id out of range there fails the
+            # whole batch, every other request in flight with it
+            raise InvalidInputError(
+                f"token id {bad} is outside the model's vocabulary [0, {self.vocab_size}) "
+                f"(request {req_id!r})"
+            )
         total = len(req.prompt_ids) + req.max_new_tokens
         if self.max_model_len and total > self.max_model_len:
             # NOTE: the user's text is too long: an error they can act on (CLI message,
