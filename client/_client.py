@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -58,6 +58,8 @@ __all__ = ["AsyncNERClient", "ClientState", "NERClient"]
 
 # Extra seconds the sync client waits for the stream's own DEADLINE_EXCEEDED before giving up.
 _LOCAL_GRACE_S = 5.0
+# How often a running ``extract_many`` stream checks whether another text failed.
+_ABORT_POLL_S = 0.05
 
 # tritonclient's gRPC message limits (INT32_MAX), kept when we pass channel options.
 _MAX_MESSAGE = 2**31 - 1
@@ -75,13 +77,23 @@ class ClientState(enum.Enum):
     CLOSED = 3  # closed: every further call raises RuntimeError
 
 
+_MAX_TIMEOUT_S = 10_000_000.0  # ~116 days; larger deadlines overflow and fail at once
+
+
+class _Aborted(Exception):
+    """Another text of the same ``extract_many`` failed; this one's stream was cancelled."""
+
+
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+    if not 0 < timeout <= _MAX_TIMEOUT_S:  # NOTE: also nan; inf overflows gRPC's deadline
+        raise ValueError(
+            f"timeout must be > 0 and at most {_MAX_TIMEOUT_S:.0f} seconds, or None for no "
+            f"timeout; got {timeout!r}"
+        )
     return float(timeout)
 
 
@@ -366,11 +378,17 @@ class NERClient(_BaseClient):
         if not requests:
             return []
         workers = min(concurrency, len(requests))
+        abort = threading.Event()  # NOTE: set on the first error: running streams cancel
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="padellm-client") as pool:
-            futures = [pool.submit(self._collect, inputs, seconds) for inputs in requests]
+            futures = [pool.submit(self._collect, inputs, seconds, abort) for inputs in requests]
             try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in futures if f in done and f.exception() is not None]
+                if failed:
+                    raise failed[0].exception()
                 return [future.result() for future in futures]
             except BaseException:
+                abort.set()
                 for future in futures:
                     future.cancel()
                 raise
@@ -401,9 +419,11 @@ class NERClient(_BaseClient):
 
     # -- the stream ------------------------------------------------------------------------
 
-    def _collect(self, inputs: list[InferInput], timeout: float | None) -> list[Entity]:
+    def _collect(
+        self, inputs: list[InferInput], timeout: float | None, abort: threading.Event | None = None
+    ) -> list[Entity]:
         entities: list[Entity] = []
-        for result in self._responses(inputs, timeout):
+        for result in self._responses(inputs, timeout, abort):
             entities.extend(decode_entities(result))
         return entities
 
@@ -414,8 +434,11 @@ class NERClient(_BaseClient):
             for result in responses:
                 yield decode_label_result(result)
 
-    def _responses(self, inputs: list[InferInput], timeout: float | None) -> Iterator[InferResult]:
-        """Send one request on a new stream; yield its non-empty responses until the final one."""
+    def _responses(
+        self, inputs: list[InferInput], timeout: float | None, abort: threading.Event | None = None
+    ) -> Iterator[InferResult]:
+        """Send one request on a new stream; yield its non-empty responses until the final
+        one. ``abort`` (set by another thread) cancels the request and ends the stream."""
         with self._acquire() as client:
             results: queue.SimpleQueue[tuple[InferResult | None, Exception | None]]
             results = queue.SimpleQueue()
@@ -445,11 +468,17 @@ class NERClient(_BaseClient):
                     raise map_exception(cause) from cause
                 deadline = None if timeout is None else time.monotonic() + timeout + _LOCAL_GRACE_S
                 while True:
-                    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    if abort is not None:
+                        left = _ABORT_POLL_S if left is None else min(left, _ABORT_POLL_S)
                     try:
-                        result, error = results.get(timeout=wait)
+                        result, error = results.get(timeout=left)
                     except queue.Empty:
-                        raise APITimeoutError(f"no response within {timeout} s") from None
+                        if abort is not None and abort.is_set():
+                            raise _Aborted from None
+                        if deadline is not None and time.monotonic() >= deadline:
+                            raise APITimeoutError(f"no response within {timeout} s") from None
+                        continue
                     if error is not None:
                         raise map_exception(error) from error
                     assert result is not None
@@ -469,12 +498,19 @@ class AsyncNERClient(_BaseClient):
     def _init_transport(self) -> None:
         # Created on first use, inside the running event loop that grpc.aio binds it to.
         self._client: triton_aio.InferenceServerClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _get_client(self) -> triton_aio.InferenceServerClient:
         self._check_open()
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is not loop:
+            # NOTE: a grpc.aio channel is bound to the loop that made it; that loop is gone
+            # (a second asyncio.run()), so its channel cannot even be closed: start anew.
+            self._client = None
         if self._client is None:
             with map_exceptions():
                 self._client = triton_aio.InferenceServerClient(**self._triton_kwargs)
+            self._loop = loop
         return self._client
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -117,7 +117,7 @@ _PREFIX = re.compile(r"\[([A-Z_]+)\]\s?")
 _DEADLINE_TEXT = re.compile(r"deadline exceeded", re.IGNORECASE)
 _UNKNOWN_MODEL = re.compile(r"unknown model|model .* is not (found|ready)", re.IGNORECASE)
 _TRANSPORT_TEXT = re.compile(
-    r"connect|socket|connection|handshake|dns|unreachable|goaway|transport|ssl|tls",
+    r"connect|socket|connection|handshake|dns|resolv|hostname|unreachable|goaway|transport|ssl|tls",
     re.IGNORECASE,
 )
 

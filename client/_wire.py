@@ -38,6 +38,9 @@ def _bytes_input(name: str, values: Sequence[str]) -> InferInput:
     return tensor
 
 
+_INT32 = np.iinfo(np.int32)
+
+
 def build_inputs(
     text: str,
     *,
@@ -60,6 +63,8 @@ def build_inputs(
     if max_mentions is not None:
         if isinstance(max_mentions, bool) or not isinstance(max_mentions, (int, np.integer)):
             raise TypeError(f"max_mentions must be an int, got {type(max_mentions).__name__}")
+        if not _INT32.min <= max_mentions <= _INT32.max:  # NOTE: would wrap silently
+            raise ValueError(f"max_mentions is {max_mentions}; the server takes 1 to 16")
         tensor = InferInput("MAX_MENTIONS", [1], "INT32")
         tensor.set_data_from_numpy(np.array([max_mentions], dtype=np.int32))
         inputs.append(tensor)

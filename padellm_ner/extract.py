@@ -269,10 +269,14 @@ def run_extract(args: Namespace) -> int:
         raise InvalidInputError(f"{', '.join(tls_extras)} go with --server and --root-cert (TLS)")
     if bool(getattr(args, "client_cert", None)) != bool(getattr(args, "client_key", None)):
         raise InvalidInputError("--client-cert and --client-key go together (mutual TLS)")
+    if args.server is not None and not args.server.strip():
+        raise InvalidInputError("--server is empty; give host:port (e.g. 127.0.0.1:8001)")
     if getattr(args, "count_hedge", None) is not None and args.server:
         raise InvalidInputError(
             "--count-hedge is the server's setting (padellm-ner serve --count-hedge P), not a request's"
         )
+    if getattr(args, "lang", None) is not None and args.server:
+        raise InvalidInputError("--lang is the served model's setting (recorded in its padellm.json), not a request's")
     if args.server:
         extract, close = _server_extractor(args)
     else:

@@ -194,6 +194,29 @@ def test_map_exception_statuses(exc, cls, status, message):
         assert mapped.message == message
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "DNS resolution failed for no-such-host.invalid:8001: C-ares status is not ARES_SUCCESS "
+        "qtype=A name=no-such-host.invalid is_balancer=0: Domain name not found",
+        "failed to connect to all addresses; last error: errors resolving no-such-host.invalid:8001:"
+        " hostname lookup error",
+    ],
+)
+def test_map_exception_name_resolution_is_connection_error(message):
+    mapped = map_exception(InferenceServerException(message, status="StatusCode.UNAVAILABLE"))
+    assert type(mapped) is APIConnectionError
+
+
+def test_numbers_the_wire_cannot_carry_are_refused_before_sending():
+    for timeout in (float("inf"), float("nan"), 1e11):
+        with pytest.raises(ValueError, match="timeout must be > 0"):
+            NERClient("127.0.0.1:1", timeout=timeout)
+    for count in (2**31, 2**32 + 1, -(2**31) - 1):
+        with pytest.raises(ValueError, match="the server takes 1 to 16"):
+            build_inputs("x", max_mentions=count)
+
+
 def test_map_exception_transport_unavailable_is_connection_error():
     exc = InferenceServerException(
         "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: Connection refused",
@@ -599,6 +622,29 @@ def test_sync_extract_many_order_and_concurrency(fake_server):
             client.extract_many("a string")
         with pytest.raises(ValueError):
             client.extract_many(["x"], concurrency=0)
+
+
+def test_sync_extract_many_raises_the_first_error_at_once(fake_server):
+    """The first error ends the call and cancels the running streams; it used to wait
+    for every text already sent (and for the earlier texts in input order)."""
+    with NERClient(f"127.0.0.1:{fake_server.port}", timeout=10) as client:
+        t0 = time.monotonic()
+        with pytest.raises(InvalidArgumentError):
+            client.extract_many(["slow 2 A", "slow 2 B", "", "slow 2 C"], concurrency=4)
+        assert time.monotonic() - t0 < 1.5
+        assert client.extract("Rome.", labels=["LOC"]) == [Entity("LOC", "Rome", 0, 4, 0.5)]
+
+
+def test_async_client_survives_a_second_event_loop(fake_server):
+    """One AsyncNERClient used under two ``asyncio.run()``: the second gets a new channel
+    (the first one's loop is closed) instead of "Event loop is closed"."""
+    client = AsyncNERClient(f"127.0.0.1:{fake_server.port}", timeout=10)
+
+    async def once():
+        return await client.extract("Rome.", labels=["LOC"])
+
+    assert asyncio.run(once()) == asyncio.run(once()) == [Entity("LOC", "Rome", 0, 4, 0.5)]
+    asyncio.run(client.close())
 
 
 def test_sync_stream_abandoned_early(fake_server):
