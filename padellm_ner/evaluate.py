@@ -299,8 +299,10 @@ def run_evaluate(args: Namespace) -> int:
     info.require_labels(args.dataset)
     _check_labels(args.labels, info.labels, args.dataset)
     examples = load_split(args.dataset, args.split)
+    if not examples:  # NOTE: an F1 of 0 over nothing would read as a result
+        raise InvalidInputError(f"{args.dataset}/{args.split} has no sentences")
     skip = int(getattr(args, "skip", 0) or 0)  # NOTE: >= 0 (argparse)
-    if examples and skip >= len(examples):
+    if skip >= len(examples):
         raise InvalidInputError(
             f"--skip {skip} leaves no sentence: {args.dataset}/{args.split} has {len(examples)}"
         )
@@ -368,7 +370,12 @@ def _run_merge(args: Namespace) -> int:
             parts.append(result_from_dict(json.loads(Path(name).read_text(encoding="utf-8"))))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError(f"--merge {name}: not an `evaluate --json` report ({exc})") from exc
-    result = merge_results(parts)
+    try:
+        result = merge_results(parts)
+    except InvalidInputError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # NOTE: hand-edited fields
+        raise InvalidInputError(f"--merge: a report has a malformed field ({type(exc).__name__}: {exc})") from exc
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:

@@ -134,6 +134,12 @@ def test_shards_merge_to_the_whole(extractor: Extractor, tmp_path, capsys) -> No
     parts[1].shard["model"] = "other"
     with pytest.raises(InvalidInputError, match="different models: m, other"):
         merge_results(parts)
+    # a hand-edited field of the wrong type: a message, not a traceback
+    broken = parts[0].to_dict()
+    broken["shard"] = {**run, "skip": "abc", "sentences": 1}
+    files[1].write_text(json.dumps(broken))
+    assert main(["evaluate", "--merge", str(files[0]), str(files[1])]) == 2
+    assert "a report has a malformed field" in capsys.readouterr().err
 
 
 def test_batching_sentences_does_not_change_the_report(extractor: Extractor) -> None:
@@ -223,3 +229,10 @@ def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(t
     # a shard past the end would have scored 0 sentences and exited 0
     assert main(["evaluate", "--dataset", "conll2003", "--skip", "3453"]) == 2
     assert "--skip 3453 leaves no sentence: conll2003/test has 3453" in capsys.readouterr().err
+    # a split that holds no sentence (only -DOCSTART-) while another split tags entities
+    docstart = tmp_path / "docstart"
+    docstart.mkdir()
+    (docstart / "train.txt").write_text("Japan B-LOC\nwins O\n")
+    (docstart / "test.txt").write_text("-DOCSTART- -X- -X- O\n\n")
+    assert main(["evaluate", "--dataset", str(docstart), "--split", "test"]) == 2
+    assert f"{docstart}/test has no sentences" in capsys.readouterr().err

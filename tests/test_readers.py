@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -178,3 +179,28 @@ def test_ill_formed_starts_match_readme() -> None:
             for span in decode_tags(tags):
                 num += tags[span.start_token][0] in "IME"
         assert num == expected, (name, split)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"tokens": ["EU", "rejects"], "entity_mentions": [{"start": 0, "end": 5, "entity_type": "ORG"}]},
+         "ORG [0, 5) is not a span of the 2 tokens"),
+        ({"tokens": ["EU", "rejects"], "entity_mentions": [{"start": 1, "end": 0, "entity_type": "ORG"}]},
+         "ORG [1, 0) is not a span"),
+        ({"tokens": ["EU", "rejects"], "entity_mentions": [{"start": 0, "end": 0, "entity_type": "ORG"}]},
+         "ORG [0, 0) is not a span"),
+        ({"tokens": ["EU", "rejects"], "entity_mentions": [{"start": -1, "end": 1, "entity_type": "ORG"}]},
+         "ORG [-1, 1) is not a span"),
+        ({"tokens": [], "entity_mentions": []}, "the sentence has no tokens"),
+    ],
+)
+def test_json_lines_spans_outside_the_sentence_are_an_error_with_file_and_line(
+    tmp_path, record, message
+) -> None:
+    from padellm_ner.data.readers import read_jsonlines
+
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps({"tokens": ["ok"], "entity_mentions": []}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(InvalidInputError, match=rf"test.json:2: .*{re.escape(message)}"):
+        read_jsonlines(path, "test", "en")

@@ -176,6 +176,15 @@ def read_jsonlines(path: Path, split: str, lang: str) -> list[Example]:
             ]
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError(f"{path}:{lineno}: bad JSON lines record: {exc}") from exc
+        if not "".join(tokens).strip():
+            raise InvalidInputError(f"{path}:{lineno}: the sentence has no tokens")
+        for span in spans:
+            if not 0 <= span.start_token < span.end_token <= len(tokens):
+                raise InvalidInputError(
+                    f"{path}:{lineno}: entity_mentions {span.label} [{span.start_token}, "
+                    f"{span.end_token}) is not a span of the {len(tokens)} tokens "
+                    "(start inclusive, end exclusive)"
+                )
         examples.append(_example(tokens, spans, lang, f"{split}:{len(examples)}"))
     return examples
 
