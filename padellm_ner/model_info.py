@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from padellm_ner.errors import InvalidInputError
 from padellm_ner.types import Entity
 
 __all__ = ["META_FILE", "FALLBACK_LABELS", "ModelInfo", "read_model_info", "detect_lang", "retag", "words_for"]
@@ -54,17 +55,22 @@ def read_model_info(path: Path | None) -> ModelInfo:
     meta = path / META_FILE if path else None
     if meta is None or not meta.exists():
         return ModelInfo()
-    data = json.loads(meta.read_text())
-    tags = list(data.get("tags") or data.get("labels") or FALLBACK_LABELS)
-    words = list(data.get("labels") or tags)
-    return ModelInfo(
-        format=data.get("format", "padellm"),
-        tags=tags,
-        label_words=dict(zip(tags, words)),
-        lang=data.get("lang", "en"),
-        trained=True,
-        count_hedge=None if data.get("count_hedge") is None else float(data["count_hedge"]),
-    )
+    try:
+        data = json.loads(meta.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        tags = [str(t) for t in data.get("tags") or data.get("labels") or FALLBACK_LABELS]
+        words = [str(w) for w in data.get("labels") or tags]
+        return ModelInfo(
+            format=data.get("format", "padellm"),
+            tags=tags,
+            label_words=dict(zip(tags, words)),
+            lang=data.get("lang", "en"),
+            trained=True,
+            count_hedge=None if data.get("count_hedge") is None else float(data["count_hedge"]),
+        )
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{meta} is not a padellm.json record ({exc})") from exc
 
 
 def detect_lang(text: str) -> str:

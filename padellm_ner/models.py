@@ -170,7 +170,10 @@ def adapter_base(path: Path) -> str | None:
     cfg = path / "adapter_config.json"
     if not cfg.exists():
         return None
-    base = json.loads(cfg.read_text())["base_model_name_or_path"]
+    try:
+        base = json.loads(cfg.read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInputError(f"{cfg} is not a PEFT adapter config ({type(exc).__name__}: {exc})") from exc
     # NOTE: adapters we train record the base by its short name; a relative path is
     # taken relative to the adapter folder so a committed adapter stays portable.
     if base in BASE_MODELS or Path(base).is_absolute():
@@ -278,23 +281,31 @@ def load_model(
     path = resolve_model_dir(name_or_path)
     base = adapter_base(path)
     base_path = resolve_model_dir(base) if base else path
-    # NOTE: the engine's prefill masks are 4-D trees, which only SDPA reads right
-    model = AutoModelForCausalLM.from_pretrained(
-        base_path, dtype=torch_dtype, attn_implementation="sdpa"
-    )
-    if base is not None:
-        import warnings
+    try:
+        # NOTE: the engine's prefill masks are 4-D trees, which only SDPA reads right
+        model = AutoModelForCausalLM.from_pretrained(
+            base_path, dtype=torch_dtype, attn_implementation="sdpa"
+        )
+        if base is not None:
+            import warnings
 
-        from peft import PeftModel
+            from peft import PeftModel
 
-        with warnings.catch_warnings():
-            # NOTE: peft calls a transformers API that 5.x deprecates; not the user's concern.
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            model = PeftModel.from_pretrained(model, path)
-        if merge_adapter:
-            model = model.merge_and_unload()
+            with warnings.catch_warnings():
+                # NOTE: peft calls a transformers API that 5.x deprecates; not the user's concern.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                model = PeftModel.from_pretrained(model, path)
+        tokenizer = load_tokenizer(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        # NOTE: a folder that is not a (complete) model: missing weights, a config
+        # transformers does not know, a broken JSON file. Not a crash: the user's to fix.
+        if isinstance(exc, InvalidInputError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(f"cannot load the model in {path}: {first}") from exc
+    if base is not None and merge_adapter:
+        model = model.merge_and_unload()
     model.to(device).eval()
-    tokenizer = load_tokenizer(str(path))
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

@@ -230,3 +230,28 @@ def test_special_token_strings_in_text_and_labels_stay_plain_text(extract_fn) ->
     [entities] = extract_fn([text], ["LOC"])
     for e in entities:
         assert e.start is None or text[e.start : e.end] == e.text
+
+
+def test_a_broken_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+    """Folders that are not (complete) models: a message and exit 2, not a traceback."""
+    import shutil
+
+    from padellm_ner.models import resolve_model_dir
+
+    adapter = resolve_model_dir("default")
+    folders = {
+        "noweights": ({"config.json": '{"model_type": "llama"}'}, "cannot load the model in"),
+        "unknowntype": ({"config.json": '{"model_type": "nosuch"}'}, "does not recognize this architecture"),
+        "badadapter": ({"adapter_config.json": "{bad"}, "is not a PEFT adapter config"),
+        "badmeta": ({"padellm.json": '["LOC"]'}, "is not a padellm.json record"),
+    }
+    for name, (files, message) in folders.items():
+        folder = tmp_path / name
+        if name.startswith("bad"):
+            shutil.copytree(adapter, folder)
+        folder.mkdir(exist_ok=True)
+        for file, content in files.items():
+            (folder / file).write_text(content)
+        proc = _cli("Obama in Paris .", "--model", str(folder))
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
