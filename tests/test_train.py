@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -268,6 +269,29 @@ def test_resume_continues_from_the_checkpoint_step(
     assert result.losses[:1] == first.losses
     # exact continuation: same data order, weights, optimizer, schedule and RNG
     assert result.losses == pytest.approx(full.losses, rel=1e-4)
+
+
+def test_resume_with_another_lora_shape_or_recipe_is_refused(
+    tiny_base: Path, codec: PromptCodec, examples: list[Example], tmp_path: Path
+) -> None:
+    """A checkpoint's weights mean its LoRA shape and its data: resuming with another
+    --lora-r used to crash on a tensor size, another --format resumed silently."""
+    from padellm_ner.errors import InvalidInputError
+
+    units = _units(examples, codec)
+    recipe = {"format": "padellm", "datasets": {"conll2003": {}}}
+    Trainer(_config(tmp_path / "run", tiny_base, max_steps=1, save_every=1, recipe=recipe)).train(units)
+    for change, message in (
+        ({"lora_r": 4}, "lora_r 8 -> 4"),
+        ({"recipe": {**recipe, "format": "ar_struct"}}, "'format': 'ar_struct'"),
+    ):
+        cfg = _config(tmp_path / "run", tiny_base, max_steps=2, resume=True, **{"recipe": recipe, **change})
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            Trainer(cfg).train(units)
+    # the same base named by another path is the same base
+    same = _config(tmp_path / "run", tiny_base, max_steps=2, resume=True, recipe=recipe)
+    same.base = str(tiny_base.parent / "." / tiny_base.name)
+    assert Trainer(same).train(units).steps == 2
 
 
 def test_stop_at_step_keeps_the_planned_schedule(

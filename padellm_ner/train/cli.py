@@ -326,6 +326,13 @@ def run_train(args: argparse.Namespace) -> int:
         keep_checkpoints=int(getattr(args, "keep_checkpoints", 2)),
         row_tokens=int(getattr(args, "row_tokens", 256)) or None,
         progress=True,
+        recipe={
+            "format": args.format,
+            "datasets": {s.name: dict(s.label_words) for s in specs},
+            "skip": int(getattr(args, "skip", 0) or 0),
+            "limit": args.limit,
+            "zero_count_keep": zero_keep,
+        },
     )
     trainer = Trainer(config)
     codec = PromptCodec(trainer.tokenizer, trainer.end_id)

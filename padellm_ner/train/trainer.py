@@ -83,6 +83,13 @@ class TrainConfig:
     # 0 inside the limit (a cut mid-schedule leaves the weights of a high learning rate)
     fit_schedule: bool = False
     progress: bool = True
+    # what the training data is (format, datasets, labels): a --resume must match it, as it
+    # must match base and LoRA shape (checked in _load_checkpoint)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+#: TrainConfig fields a resumed run must share with its checkpoint (the weights' meaning)
+_RESUME_MUST_MATCH = ("base", "lora", "lora_r", "lora_alpha", "recipe")
 
 
 @dataclass
@@ -162,6 +169,16 @@ def latest_checkpoint(out: str | Path) -> Path | None:
         if (m := _CKPT_RE.match(p.name)) and (p / _STATE_FILE).exists()
     ]
     return max(found)[1] if found else None
+
+
+def _same_folder(a: str | None, b: str) -> bool:
+    """Two ways of naming one base model (a short name, relative and absolute paths)."""
+    if a is None:
+        return False
+    try:
+        return resolve_model_dir(a).resolve() == resolve_model_dir(b).resolve()
+    except Exception:  # noqa: BLE001 - a base that no longer resolves is simply not the same
+        return a == b
 
 
 class Trainer:
@@ -288,6 +305,16 @@ class Trainer:
         import torch
 
         state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=False)
+        saved, ours = dict(state.get("config") or {}), asdict(self.config)
+        if _same_folder(saved.get("base"), ours["base"]):
+            saved["base"] = ours["base"]  # NOTE: "tiny" and "./tiny" are one base
+        differ = [f"{key} {saved[key]!r} -> {ours[key]!r}" for key in _RESUME_MUST_MATCH
+                  if key in saved and saved[key] != ours[key]]  # fmt: skip
+        if differ:
+            raise InvalidInputError(
+                f"--resume: the checkpoint {path} was trained differently ({'; '.join(differ)}); "
+                "resume with its options, or give another --out"
+            )
         params = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in state.pop("weights").items():
