@@ -85,7 +85,14 @@ def test_train_inputs_are_checked_before_anything_loads(tmp_path, capsys) -> Non
     untagged = tmp_path / "untagged"
     untagged.mkdir()
     (untagged / "train.txt").write_text("hello world\nthis is not conll\n")
+    newline_word, same_words = tmp_path / "newline.json", tmp_path / "same.json"
+    newline_word.write_text('{"PER": "per\\nson", "LOC": "LOC"}')
+    same_words.write_text('{"PER": "X", "LOC": "X"}')
     cases = [
+        (["--out", str(tmp_path / "o"), "--labels-file", str(newline_word)],
+         "label word[0] contains the control character '\\n'"),
+        (["--out", str(tmp_path / "o"), "--labels-file", str(same_words)],
+         "PER and LOC have the same label words 'X'"),
         (["--out", str(tmp_path / "o"), "--dataset", str(untagged)], "tags no entity in any split"),
         (["--out", str(a_file)], "is a file; give a folder"),
         (["--out", str(tmp_path / "o"), "--init-adapter", str(tmp_path)], "is not a LoRA adapter folder"),

@@ -23,6 +23,7 @@ from typing import Any
 
 from padellm_ner.cli_types import float_above, int_at_least, positive_fraction
 from padellm_ner.errors import InvalidInputError, PadellmError
+from padellm_ner.labels import check_labels
 from padellm_ner.model_info import META_FILE
 from padellm_ner.models import BASE_MODELS
 from padellm_ner.types import Example
@@ -134,7 +135,19 @@ def _read_labels_file(path: str) -> dict[str, str]:
         raise InvalidInputError(
             f"--labels-file {path}: expected a JSON object {{tag: label words}}"
         )
-    return {str(k): v for k, v in data.items()}
+    tags = [str(k) for k in data]
+    # NOTE: a word goes into the prompt as a label does: one line, as check_labels says;
+    # two tags with one word would be asked about once and merged at inference
+    words = check_labels(list(data.values()), f"--labels-file {path}: label word")
+    seen: dict[str, str] = {}
+    for tag, word in zip(tags, words):
+        if word in seen:
+            raise InvalidInputError(
+                f"--labels-file {path}: {seen[word]} and {tag} have the same label words {word!r}; "
+                "each tag needs its own"
+            )
+        seen[word] = tag
+    return dict(zip(tags, words))
 
 
 def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpec]:
