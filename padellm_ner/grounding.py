@@ -8,15 +8,24 @@ is kept without offsets and flagged (``Entity.grounded`` is False), never guesse
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 __all__ = ["find_occurrences", "ground_mentions"]
 
 
+def _is_mark(ch: str) -> bool:
+    """A combining mark: part of the character before it (``e`` + U+0301 is one letter)."""
+    return unicodedata.category(ch).startswith("M")
+
+
 def _is_word_char(ch: str) -> bool:
-    # NOTE: CJK characters are "word" characters too, but Chinese has no spaces, so
-    # boundaries only matter between ASCII letters/digits.
-    return ch.isascii() and ch.isalnum()
+    # NOTE: letters and digits of any script (``Köln``, ``Москва``) and combining marks,
+    # but not wide CJK characters: Chinese and Japanese have no spaces, so a mention next
+    # to another ideograph is still a whole word there.
+    if _is_mark(ch):
+        return True
+    return ch.isalnum() and unicodedata.east_asian_width(ch) not in ("W", "F")
 
 
 def find_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
@@ -30,7 +39,7 @@ def find_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
         end = start + len(mention)
         left_ok = start == 0 or not (_is_word_char(text[start - 1]) and _is_word_char(mention[0]))
         right_ok = end == len(text) or not (
-            _is_word_char(text[end]) and _is_word_char(mention[-1])
+            _is_word_char(text[end]) and (_is_word_char(mention[-1]) or _is_mark(text[end]))
         )
         (whole if left_ok and right_ok else partial).append((start, end))
         start = text.find(mention, start + 1)

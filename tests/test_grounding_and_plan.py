@@ -176,6 +176,11 @@ def test_ground_mentions_repeated_and_absent() -> None:
     assert ground_mentions("Koreans love Korea", ["Korea"]) == [(13, 18)]
     assert ground_mentions("北京和北京", ["北京", "北京"]) == [(0, 2), (3, 5)]
     assert ground_mentions("abc", [""]) == [None]
+    # any script's letters bound a word, and a combining mark belongs to the letter before
+    assert find_occurrences("Kölner in Köln", "Köln") == [(10, 14), (0, 4)]
+    assert find_occurrences("Москвич и Москва", "Москв") == [(0, 5), (10, 15)]  # no whole one
+    assert ground_mentions("Paris\u0301 is not Paris .", ["Paris"]) == [(14, 19)]
+    assert ground_mentions("去北京和北京人", ["北京"]) == [(1, 3)]  # ideographs: no word boundary
 
 
 def test_plan_keeps_ungrounded_mentions_without_offsets(codec) -> None:
