@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from padellm_ner.cli_types import float_above, fraction, int_at_least, port
+from padellm_ner.cli_types import float_above, float_at_least, fraction, int_at_least, port
 from padellm_ner.errors import PadellmError
 from padellm_ner.models import DTYPES
 
@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=port, default=8000)
     p.add_argument("--metrics-port", type=port, default=8002)
     p.add_argument("--repository", help="where to assemble the model repository (default: a temp dir)")
+    p.add_argument("--drain-timeout", type=float_at_least(0), default=25.0, metavar="S",
+                   help="on Ctrl-C/SIGTERM, seconds the requests in flight get to finish while new "
+                        "ones are refused (0: stop at once; keep it under your orchestrator's grace period)")
     p.add_argument("--labels", nargs="+", help="default labels of the served model")
     p.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python",
                    help="tensorrtllm: a tritonserver that has NVIDIA's tensorrtllm backend (not "

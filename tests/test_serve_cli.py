@@ -73,6 +73,59 @@ def test_serve_then_extract_through_the_server(tmp_path) -> None:
         assert "INVALID_ARGUMENT" in records[1]["error"] and records[2]["text"] == "EU rejects German call ."
 
 
+def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
+    """On SIGTERM ``serve`` unloads the orchestrator first: new requests are refused, the
+    ones in flight are answered (``llm`` went first and failed them all), then it exits 0."""
+    import threading
+
+    from padellm_client import NERClient, NotFoundError
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    log_path = tmp_path / "serve.log"
+    text = " ".join(["Angela Merkel met Barack Obama in Berlin and Paris ."] * 6)
+    with log_path.open("w") as log:
+        serve = subprocess.Popen(
+            [*CLI, "serve", "--model", "smollm2-135m", "--grpc-port", str(grpc_port),
+             "--http-port", str(http_port), "--metrics-port", str(metrics_port)],
+            stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while "serving model 'padellm'" not in log_path.read_text():
+                assert serve.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "serve did not become ready"
+                time.sleep(1)
+            url = f"127.0.0.1:{grpc_port}"
+            with NERClient(url, timeout=300) as client:
+                expected = client.extract(text)
+                results: list = []
+
+                def one() -> None:
+                    try:
+                        results.append(client.extract(text))
+                    except Exception as exc:  # noqa: BLE001 - the test reports it
+                        results.append(exc)
+
+                threads = [threading.Thread(target=one) for _ in range(3)]
+                for t in threads:
+                    t.start()
+                time.sleep(1.0)  # NOTE: all three in flight (one takes several seconds here)
+                serve.send_signal(signal.SIGTERM)
+                while "finishing the requests in flight" not in log_path.read_text():
+                    assert serve.poll() is None, log_path.read_text()
+                    time.sleep(0.1)
+                with pytest.raises(NotFoundError):
+                    client.extract("Japan .")  # refused while the others finish
+                for t in threads:
+                    t.join(timeout=300)
+            assert results == [expected] * 3, results
+            assert serve.wait(timeout=120) == 0, log_path.read_text()
+            assert "still busy" not in log_path.read_text()
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+
+
 def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path, capsys) -> None:
     import socket
 

@@ -23,6 +23,9 @@ __all__ = ["run_serve"]
 
 logger = logging.getLogger(__name__)
 
+#: the served orchestrator (model_repository/padellm): drained first on stop
+ORCHESTRATOR_MODEL = "padellm"
+
 
 class _Terminated(Exception):
     """SIGTERM arrived."""
@@ -30,6 +33,27 @@ class _Terminated(Exception):
 
 def _on_sigterm(signum, frame) -> None:
     raise _Terminated
+
+
+def _drain(server: TritonServer | None, timeout: float) -> None:
+    """Let the requests in flight finish before the server stops (up to ``timeout`` s).
+
+    Why: on a plain SIGTERM tritonserver unloads every model at once; the ``llm`` model,
+    idle between a sentence's count and mention phases, went first, and every extraction
+    in flight failed. The orchestrator is unloaded first, so it refuses new requests and
+    answers the ones it has while ``llm`` still serves them. A second Ctrl-C cuts it short.
+    """
+    if server is None or not server.running or timeout <= 0:
+        return
+    print(f"padellm-ner: finishing the requests in flight (up to {timeout:.0f} s; Ctrl-C again to cut)", flush=True)
+    try:
+        left = server.drain([ORCHESTRATOR_MODEL], timeout)
+    except (KeyboardInterrupt, _Terminated):
+        left = ["(cut short)"]
+    except (OSError, TritonServerError) as exc:  # NOTE: best effort; stop() still stops it
+        left = [f"({exc})"]
+    if left:
+        print(f"padellm-ner: still busy after the drain: {', '.join(left)}; stopping anyway", flush=True)
 
 
 def _check_tensorrtllm(engine_dir: str | None) -> None:
@@ -151,6 +175,7 @@ def run_serve(args: argparse.Namespace) -> int:
             host=args.host,
             startup_timeout=900,
             extra_args=tls,
+            drainable=True,
         )
         print(f"padellm-ner: starting tritonserver (model {args.model}); log {server.log_path}", flush=True)
         server.start()
@@ -165,6 +190,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise TritonServerError(f"tritonserver exited with status {code}; log {server.log_path}:\n{server.log_tail()}")
     except (KeyboardInterrupt, _Terminated):
         print("padellm-ner: stopping", flush=True)
+        _drain(server, float(getattr(args, "drain_timeout", 25.0)))
         return 0
     except (TritonServerError, FileExistsError, FileNotFoundError) as exc:
         raise InvalidInputError(str(exc)) from exc

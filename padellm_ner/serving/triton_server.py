@@ -8,8 +8,10 @@ venv fail to import).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -164,6 +166,10 @@ class TritonServer:
         die_with_parent: on Linux, the server gets SIGTERM if this process dies without
             stopping it (``kill -9``, an OOM kill), so no orphan keeps the ports. Only armed
             when started from the main thread (the kernel ties it to the starting thread).
+        drainable: run in explicit model-control mode (every model loaded at start) so
+            ``drain()`` can unload models one by one, each after its requests in flight.
+            The model-repository API is then restricted to a header only we know, so no
+            client can load or unload models.
     """
 
     def __init__(
@@ -179,6 +185,7 @@ class TritonServer:
         env: dict[str, str] | None = None,
         exit_timeout_s: int = 5,
         die_with_parent: bool = True,
+        drainable: bool = False,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         ports = free_ports(3)
@@ -191,6 +198,8 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.env = env
         self.die_with_parent = die_with_parent
+        self.drainable = drainable
+        self._admin = {"padellm-admin": secrets.token_hex(16)} if drainable else {}
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
@@ -235,7 +244,19 @@ class TritonServer:
             # NOTE: after SIGTERM the server waits this long for models to unload; a
             # Python model that keeps a reference alive would otherwise hold it 30 s.
             f"--exit-timeout-secs={self.exit_timeout_s}",
+            *self._admin_args(),
             *self.extra_args,
+        ]
+
+    def _admin_args(self) -> list[str]:
+        if not self.drainable:
+            return []
+        ((key, value),) = self._admin.items()
+        return [
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--http-restricted-api=model-repository:{key}={value}",
+            f"--grpc-restricted-protocol=model-repository:{key}={value}",
         ]
 
     def start(self) -> TritonServer:
@@ -296,6 +317,37 @@ class TritonServer:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def model_states(self) -> dict[str, str]:
+        """``{model: state}`` from the repository index (READY, UNLOADING, UNAVAILABLE...)."""
+        request = urllib.request.Request(
+            f"{self.http_url}/v2/repository/index", data=b"{}", method="POST", headers=self._admin
+        )
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return {m["name"]: m.get("state", "") for m in json.loads(resp.read())}
+
+    def drain(self, models: list[str], timeout: float) -> list[str]:
+        """Unload ``models`` in order, each once its requests in flight are answered.
+
+        New requests to a model are refused (NOT_FOUND) from the moment its unload starts;
+        the ones in flight run to the end, and the models they call stay loaded. Returns
+        the models still unloading when ``timeout`` ran out (``stop()`` then cuts them).
+        """
+        if not self.drainable:
+            raise TritonServerError("drain() needs TritonServer(drainable=True)")
+        deadline = time.monotonic() + timeout
+        for i, model in enumerate(models):
+            request = urllib.request.Request(
+                f"{self.http_url}/v2/repository/models/{model}/unload",
+                data=b"{}", method="POST", headers=self._admin,
+            )  # fmt: skip
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+            while self.model_states().get(model) in ("READY", "UNLOADING"):
+                if time.monotonic() > deadline:
+                    return models[i:]
+                time.sleep(0.1)
+        return []
 
     @property
     def running(self) -> bool:
