@@ -80,6 +80,18 @@ class ClientState(enum.Enum):
 _MAX_TIMEOUT_S = 10_000_000.0  # ~116 days; larger deadlines overflow and fail at once
 
 
+def _check_port(url: str) -> None:
+    """``host:port`` must name its port (gRPC would quietly use 443) and a real one
+    (``:99999`` was taken modulo 65536); gRPC target forms (``unix:``, ``dns:``) pass."""
+    if url.startswith(("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")):
+        return
+    host, sep, port = url.rpartition(":")
+    if not sep or not host or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        raise ValueError(f"url must be 'host:port' ('[::1]:8001' for IPv6), got {url!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"url {url!r}: the port must be a number from 1 to 65535")
+
+
 class _Aborted(Exception):
     """Another text of the same ``extract_many`` failed; this one's stream was cancelled."""
 
@@ -129,6 +141,7 @@ class _BaseClient:
             raise ValueError(f"url must be a non-empty 'host:port' string, got {url!r}")
         if "://" in url:
             raise ValueError(f"url is 'host:port' without a scheme (use ssl=True for TLS): {url!r}")
+        _check_port(url)
         if not isinstance(model_name, str) or not model_name:
             raise ValueError(f"model_name must be a non-empty string, got {model_name!r}")
         tls_files = {

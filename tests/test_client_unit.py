@@ -402,6 +402,14 @@ def test_async_closed_client_refuses_reuse():
 def test_bad_configuration():
     with pytest.raises(ValueError, match="scheme"):
         NERClient("grpc://127.0.0.1:8001")
+    for url in ("127.0.0.1", "::1", "localhost:", ":8001"):  # gRPC would have tried port 443
+        with pytest.raises(ValueError, match="must be 'host:port'|the port must be"):
+            NERClient(url)
+    for url in ("127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:http"):
+        with pytest.raises(ValueError, match="the port must be a number from 1 to 65535"):
+            AsyncNERClient(url)
+    for url in ("[::1]:8001", "localhost:8001", "unix:/tmp/triton.sock"):
+        NERClient(url).close()
     with pytest.raises(ValueError, match="ssl=False"):
         NERClient("127.0.0.1:8001", root_certificates="/nonexistent/ca.pem")
     with pytest.raises(FileNotFoundError, match="root_certificates"):

@@ -467,6 +467,8 @@ def test_a_request_too_long_for_the_model_is_refused_without_leaving_the_rest_qu
     short, long = GenerationRequest((1, 2, 3), 4, ()), GenerationRequest(tuple(range(1, 31)), 4, ())
     with pytest.raises(InvalidInputError, match="too long.*30 tokens.*4 more.*32 positions"):
         llm.generate([short, long])
+    with pytest.raises(InvalidInputError, match="2147483647 new tokens asked for"):
+        llm.generate([GenerationRequest((1, 2, 3), 2**31 - 1, ())])  # not "text too long"
     assert not core.has_unfinished()  # the short one did not stay queued
     again = llm.generate([short])
     assert len(again) == 1 and len(again[0].token_ids) == 4

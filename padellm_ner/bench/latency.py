@@ -561,7 +561,10 @@ def _served_extract(
         raise InvalidInputError(
             "--server needs the client package: pip install -e . (padellm_client)"
         ) from exc
-    client = NERClient(server)
+    try:
+        client = NERClient(server)
+    except ValueError as exc:  # NOTE: not host:port, a port out of range
+        raise InvalidInputError(f"--server: {exc}") from exc
     if not client.is_ready():
         client.close()
         raise InvalidInputError(f"server {server} is not ready (model 'padellm')")

@@ -101,6 +101,11 @@ class EngineCore:
                 f"(request {req_id!r})"
             )
         total = len(req.prompt_ids) + req.max_new_tokens
+        if self.max_model_len and req.max_new_tokens >= self.max_model_len:
+            raise InvalidInputError(
+                f"{req.max_new_tokens} new tokens asked for (request_output_len), over the "
+                f"model's {self.max_model_len} positions (request {req_id!r})"
+            )
         if self.max_model_len and total > self.max_model_len:
             # NOTE: the user's text is too long: an error they can act on (CLI message,
             # INVALID_ARGUMENT when served), not a crash
