@@ -76,7 +76,8 @@ class BaselinePlan:
             mentions = [m for tag, m in pairs if tag == label]
             for mention, span in zip(mentions, ground_mentions(self.text, mentions)):
                 start, end = span if span else (None, None)
-                entities.append(Entity(label, mention, start, end, score))
+                text = self.text[start:end] if span else mention  # NOTE: the text's own spacing
+                entities.append(Entity(label, text, start, end, score))
         entities.sort(key=lambda e: (e.start is None, e.start or 0, e.end or 0, e.label))
         return entities
 

@@ -8,6 +8,7 @@ is kept without offsets and flagged (``Entity.grounded`` is False), never guesse
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -34,16 +35,28 @@ def find_occurrences(text: str, mention: str) -> list[tuple[int, int]]:
         return []
     whole: list[tuple[int, int]] = []
     partial: list[tuple[int, int]] = []
-    start = text.find(mention)
-    while start != -1:
-        end = start + len(mention)
+    for start, end in _matches(text, mention):
         left_ok = start == 0 or not (_is_word_char(text[start - 1]) and _is_word_char(mention[0]))
         right_ok = end == len(text) or not (
             _is_word_char(text[end]) and (_is_word_char(mention[-1]) or _is_mark(text[end]))
         )
         (whole if left_ok and right_ok else partial).append((start, end))
-        start = text.find(mention, start + 1)
     return whole + partial
+
+
+def _matches(text: str, mention: str) -> list[tuple[int, int]]:
+    """Where ``mention`` occurs exactly; failing that, with any whitespace between its
+    words (the model writes "New York" for the text's "New\u00a0York" or "New\tYork")."""
+    spans = []
+    start = text.find(mention)
+    while start != -1:
+        spans.append((start, start + len(mention)))
+        start = text.find(mention, start + 1)
+    words = mention.split()
+    if not spans and len(words) > 1:
+        pattern = r"\s+".join(map(re.escape, words))
+        spans = [m.span() for m in re.finditer(pattern, text)]
+    return spans
 
 
 def ground_mentions(
@@ -52,7 +65,9 @@ def ground_mentions(
     """Offsets for one label's mentions, given in order of appearance.
 
     Each mention takes the first unused whole-word occurrence at or after the previous
-    mention's start; failing that, any unused occurrence; failing that, ``None``.
+    mention's start; failing that, any unused occurrence; failing that, ``None``. An
+    occurrence may space its words differently (callers take ``text[start:end]`` as the
+    entity's text, so offsets and text always agree).
     """
     used: set[tuple[int, int]] = set()
     cursor = 0

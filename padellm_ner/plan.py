@@ -301,7 +301,12 @@ class PaDeLLMPlan:
     def entities(self, count_hedge: float | None = None) -> list[Entity]:
         """The final entities, ordered by position (ungrounded ones last)."""
         kept = [m for m in self.resolve(count_hedge) if m.kept]
-        entities = [Entity(m.label, m.text, m.start, m.end, m.score) for m in kept]
+        # NOTE: a grounded entity's text is the sentence's own (its spacing may differ
+        # from the model's string: "New\u00a0York" for "New York")
+        entities = [
+            Entity(m.label, m.text if m.start is None else self.text[m.start : m.end], m.start, m.end, m.score)
+            for m in kept
+        ]
         return sorted(entities, key=lambda e: (e.start is None, e.start or 0, e.end or 0, e.label))
 
     def entities_of(self, label: str) -> list[Entity]:

@@ -181,6 +181,10 @@ def test_ground_mentions_repeated_and_absent() -> None:
     assert find_occurrences("Москвич и Москва", "Москв") == [(0, 5), (10, 15)]  # no whole one
     assert ground_mentions("Paris\u0301 is not Paris .", ["Paris"]) == [(14, 19)]
     assert ground_mentions("去北京和北京人", ["北京"]) == [(1, 3)]  # ideographs: no word boundary
+    # the model's spacing may differ from the text's: still found, exact copies first
+    assert ground_mentions("in New\u00a0York and New\tYork", ["New York", "New York"]) == [(3, 11), (16, 24)]
+    assert ground_mentions("New  York or New York", ["New York"]) == [(13, 21)]
+    assert ground_mentions("NewYork", ["New York"]) == [None]
 
 
 def test_plan_keeps_ungrounded_mentions_without_offsets(codec) -> None:
@@ -195,6 +199,14 @@ def test_plan_keeps_ungrounded_mentions_without_offsets(codec) -> None:
     assert not entities[1].grounded
     for e in entities:
         assert e.start is None or TEXT[e.start : e.end] == e.text
+
+
+def test_an_entity_spaced_otherwise_in_the_text_gets_the_texts_own_words(codec) -> None:
+    text = "Flights to New\u00a0York today ."
+    llm = FakeLLM(codec, counts={"LOC": "1"}, mentions={("LOC", 1): ("New York", -0.2)})
+    entities = run_plan(_plan(codec, text, ["LOC"]), llm)
+    assert _triples(entities) == [("LOC", "New\u00a0York", 11, 19)]
+    assert text[entities[0].start : entities[0].end] == entities[0].text
 
 
 def test_plan_drops_repeats_beyond_the_copies_in_the_text(codec) -> None:
