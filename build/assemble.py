@@ -69,6 +69,16 @@ def portable_model(model: str, check: bool = True) -> str:
     return str(resolve_model_dir(model).resolve())
 
 
+def _model_folder(model: str, check: bool) -> str:
+    """The model's HF folder when it resolves here (a name such as ``default`` does), else
+    ``model`` as given (a repository assembled for another host)."""
+    if not check:
+        return model
+    from padellm_ner.models import resolve_model_dir
+
+    return str(resolve_model_dir(model).resolve())
+
+
 def _copy_model(name: str, out: Path, values: Mapping[str, object], template_dir: Path) -> None:
     source = template_dir / name
     if not source.is_dir():
@@ -106,6 +116,7 @@ def assemble_repository(
     max_new_tokens: int | None = None,
     engine_dir: str | None = None,
     tokenizer_dir: str | None = None,
+    trtllm_profile: str | None = None,
     template_dir: str | Path = TEMPLATE_DIR,
     overwrite: bool = False,
     check_model: bool = True,
@@ -117,6 +128,9 @@ def assemble_repository(
         labels: default labels; ``None`` takes the model's recorded labels, else CoNLL's.
         llm_backend: ``python`` (the torch ``llm`` model) or ``tensorrtllm``.
         engine_dir: the TensorRT-LLM engine (``gpt_model_path``) for ``tensorrtllm``.
+        trtllm_profile: ``a100`` or ``h100`` (build/trtllm/profiles.py): the engine's
+            profile; its scheduler policy and KV-cache share go into the config, and
+            ``max_batch_size`` must be the engine's. Unset: the backend's defaults.
         method: override the method recorded with the model (``padellm`` or a baseline).
         max_new_tokens: a baseline sequence's token limit (default 160).
         llm_transport: ``grpc`` (default: loopback to ``llm_url``, else the server's own
@@ -163,12 +177,24 @@ def assemble_repository(
         }, template_dir)
     elif llm_backend == "tensorrtllm":
         llm_name, batch_dim = "tensorrt_llm", True
-        _copy_model("tensorrt_llm", out, {
+        tokenizer = tokenizer_dir or _model_folder(model, check_model)
+        values: dict[str, object] = {
             "triton_max_batch_size": max_batch_size, "max_batch_size": max_batch_size,
             "engine_dir": engine_dir, "gpt_model_path": engine_dir,
-            "tokenizer_dir": tokenizer_dir or model, "decoupled_mode": "true",
+            "tokenizer_dir": tokenizer, "decoupled_mode": "true",
             "batching_strategy": "inflight_fused_batching", "gpt_model_type": "inflight_fused_batching",
-        }, template_dir)
+        }  # fmt: skip
+        if trtllm_profile is not None:
+            from padellm_build.trtllm.profiles import get_profile
+
+            profile = get_profile(trtllm_profile)
+            if max_batch_size != profile.max_batch_size:
+                raise ValueError(
+                    f"max_batch_size {max_batch_size} is not the {profile.name} engine's "
+                    f"{profile.max_batch_size}; give the engine's (or no --max-batch-size)"
+                )
+            values.update(profile.template_values(str(engine_dir), str(tokenizer)))
+        _copy_model("tensorrt_llm", out, values, template_dir)
     else:
         raise ValueError(f"llm_backend must be 'python' or 'tensorrtllm', got {llm_backend!r}")
 
@@ -205,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="sequences the LLM batches (default 64; with --trtllm-profile, the engine's)")
+    parser.add_argument("--trtllm-profile", choices=["a100", "h100"],
+                        help="tensorrtllm: the engine's build profile; its scheduler and KV-cache settings go into the config")
     parser.add_argument("--max-text-chars", type=int, default=2000)
     parser.add_argument("--max-mention-tokens", type=int)
     parser.add_argument("--engine-dir", help="TensorRT-LLM engine folder (tensorrtllm)")
@@ -233,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.llm_backend == "tensorrtllm" and not args.engine_dir:
         parser.error("--llm-backend tensorrtllm needs --engine-dir (the TensorRT-LLM engine folder)")
+    if args.trtllm_profile and args.llm_backend != "tensorrtllm":
+        parser.error("--trtllm-profile goes with --llm-backend tensorrtllm")
+    if args.max_batch_size is None:
+        from padellm_build.trtllm.profiles import get_profile
+
+        args.max_batch_size = get_profile(args.trtllm_profile).max_batch_size if args.trtllm_profile else 64
     try:
         out = _assemble_from_args(args)
     except (OSError, ValueError, PadellmError) as exc:  # NOTE: TemplateError is a ValueError
@@ -263,6 +298,7 @@ def _assemble_from_args(args: argparse.Namespace) -> Path:
         args.max_batch_size, args.max_text_chars, max_mention_tokens=args.max_mention_tokens,
         engine_dir=args.engine_dir, llm_transport=args.llm_transport, llm_url=args.llm_url, llm_tls=_loopback_tls(args),
         batch_window_us=args.batch_window_us, count_hedge=args.count_hedge, overwrite=args.overwrite, check_model=not args.no_check_model,
+        trtllm_profile=args.trtllm_profile,
     )
 
 

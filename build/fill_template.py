@@ -22,10 +22,11 @@ __all__ = ["TemplateError", "placeholders", "optional_names", "fill", "parse_sub
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _OPTIONAL = re.compile(r"^\s*#\s*optional:\s*(.*)$", re.MULTILINE)
 # a parameters block with one nested level: parameters { key: "k" value: { string_value: "..." } }
+# (NVIDIA's templates write ``parameters: {``, which protobuf text format allows too)
 # (a ``${name}`` inside counts as text, not as braces)
 _TEXT = r"(?:[^{}$]|\$\{\w+\}|\$(?!\{))"
 _BLOCK = re.compile(
-    rf"^[ \t]*parameters\s*\{{(?:{_TEXT}|\{{{_TEXT}*\}})*\}}[ \t]*\n?", re.MULTILINE
+    rf"^[ \t]*parameters\s*:?\s*\{{(?:{_TEXT}|\{{{_TEXT}*\}})*\}}[ \t]*\n?", re.MULTILINE
 )
 
 

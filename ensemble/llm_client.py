@@ -147,6 +147,11 @@ class TritonAsyncLLM:
         batch_dim: the target model has a batch dimension (``tensorrt_llm``).
         max_inflight: threads, hence requests in flight at once from this instance; at
             least the LLM's batch size, or its in-flight batch cannot fill.
+        omits_end_id: the target leaves the end id out of ``output_ids`` (TensorRT-LLM
+            does: "generation will stop at the endId, but not include it in the output",
+            NVIDIA/TensorRT-LLM#2190); a sequence that ended early then gets the end id
+            back (log-prob 0.0: the engine does not report it), so it reads as a stop
+            with the step count the ``llm`` model gives. Default: ``batch_dim``.
     """
 
     def __init__(
@@ -157,11 +162,13 @@ class TritonAsyncLLM:
         *,
         batch_dim: bool = False,
         max_inflight: int = 64,
+        omits_end_id: bool | None = None,
     ) -> None:
         self.transport = transport
         self.model_name = model_name
         self.end_id = int(end_id)
         self.batch_dim = batch_dim
+        self.omits_end_id = batch_dim if omits_end_id is None else omits_end_id
         self._pool = ThreadPoolExecutor(max_inflight, thread_name_prefix="padellm-bls")
         # NOTE: stops get their own threads so they never queue behind the calls they stop.
         self._stop_pool = ThreadPoolExecutor(4, thread_name_prefix="padellm-bls-stop")
@@ -208,7 +215,12 @@ class TritonAsyncLLM:
             ) from exc
         finally:
             with self._lock:
+                cancelled = req_id in self._cancelled
                 self._cancelled.discard(req_id)
+        ended_early = len(token_ids) < request.max_new_tokens and not request.stops_at(token_ids)
+        if self.omits_end_id and ended_early and not cancelled and self.end_id in request.stop_ids:
+            token_ids.append(self.end_id)
+            log_probs.append(0.0)
         if request.stops_at(token_ids):
             reason = "stop"
         elif len(token_ids) >= request.max_new_tokens:

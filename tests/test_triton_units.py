@@ -42,6 +42,18 @@ def test_fill_rejects_unknown_and_missing_keys():
         fill(TEMPLATE, {"color": "red"})
 
 
+def test_fill_reads_nvidias_colon_style_blocks():
+    """NVIDIA's templates write ``parameters: {`` (protobuf text format allows both)."""
+    template = (
+        "# optional: a\n"
+        'parameters: {\n  key: "a"\n  value: {\n    string_value: "${a}"\n  }\n}\n'
+        'parameters {\n  key: "b"\n  value: {\n    string_value: "${b}"\n  }\n}\n'
+    )
+    out = fill(template, {"b": "x"})
+    assert 'key: "a"' not in out and 'string_value: "x"' in out
+    assert 'string_value: "1"' in fill(template, {"a": "1", "b": "x"})
+
+
 def test_fill_cli(tmp_path, capsys):
     path = tmp_path / "config.pbtxt"
     path.write_text(TEMPLATE)
@@ -196,6 +208,33 @@ def test_bls_llm_streams_and_stops_on_cancel():
     asyncio.run(main())
     assert [stop for _, stop in calls] == [False, True] and calls[0][0] == calls[1][0]
     llm.close()
+
+
+def test_a_tensorrt_llm_sequence_that_ended_early_gets_its_end_id_back():
+    """TensorRT-LLM stops at end_id but leaves it out of output_ids (NVIDIA/TensorRT-LLM#2190;
+    a fake of its answer here: TensorRT-LLM cannot run on this machine); the torch llm
+    model keeps it. Both must read as a stop, with the same steps."""
+    def engine(include_end: bool):
+        def transport(model, inputs, req_id):
+            ids = [7, 8, 2] if include_end else [7, 8]
+            yield {"output_ids": np.array([[ids]], dtype=np.int32),
+                   "output_log_probs": np.array([[[-0.5] * len(ids)]], dtype=np.float32)}  # fmt: skip
+        return transport
+
+    request = GenerationRequest((1,), 5, (2,))
+    torch_like = TritonAsyncLLM(engine(True), "llm", end_id=2)
+    trt_like = TritonAsyncLLM(engine(False), "tensorrt_llm", end_id=2, batch_dim=True)
+    a, b = (asyncio.run(llm.agenerate(request)) for llm in (torch_like, trt_like))
+    assert a.finish_reason == b.finish_reason == "stop"
+    assert a.token_ids == b.token_ids == [7, 8, 2] and a.num_steps == b.num_steps
+    assert b.log_probs == [-0.5, -0.5, 0.0]  # the engine does not report the end's log-prob
+    # a sequence that ran to its limit, or one without the end id among its stops, is left alone
+    full = asyncio.run(trt_like.agenerate(GenerationRequest((1,), 2, (2,))))
+    no_end = asyncio.run(trt_like.agenerate(GenerationRequest((1,), 5, (9,))))
+    assert (full.token_ids, full.finish_reason) == ([7, 8], "length")
+    assert (no_end.token_ids, no_end.finish_reason) == ([7, 8], "aborted")
+    for llm in (torch_like, trt_like):
+        llm.close()
 
 
 # -- llm model mapping (fake engine loop) ---------------------------------------------

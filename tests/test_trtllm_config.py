@@ -94,6 +94,11 @@ def test_template_fills_completely_and_parses(profile: str) -> None:
     assert int(params["cancellation_check_period_ms"]) > 0
     # NOTE: optional and unset here: its parameters block is dropped (backend default).
     assert "max_tokens_in_paged_kv_cache" not in params
+    # NOTE: read with no default by the backend (model_instance_state.cc): each missing
+    # one fails the load with "Cannot find parameter with name"; "" = guided decoding off
+    for key in ("tokenizer_dir", "guided_decoding_backend", "xgrammar_tokenizer_info_path"):
+        assert key in params, key
+    assert params["guided_decoding_backend"] == ""
 
 
 def test_template_follows_nvidia_tensor_conventions() -> None:
@@ -102,7 +107,7 @@ def test_template_follows_nvidia_tensor_conventions() -> None:
     assert inputs["input_ids"].allow_ragged_batch
     for t in config.input:
         if list(t.dims) == [1]:
-            assert list(t.reshape.shape) == [], f"{t.name}: NVIDIA reshapes [1] to []"
+            assert t.HasField("reshape") and list(t.reshape.shape) == [], f"{t.name}: NVIDIA reshapes [1] to []"
     for name in ("stop_words_list", "bad_words_list"):
         assert list(inputs[name].dims) == [2, -1] and inputs[name].allow_ragged_batch
     assert _tensors(config.output) == {
@@ -148,6 +153,23 @@ def test_assembled_tensorrtllm_repository_sets_the_batch_dimension(
     assert padellm.parameters["llm_batch_dim"].string_value == "true"
     # the orchestrator keeps as many LLM requests in flight as the engine batches
     assert padellm.parameters["max_llm_inflight"].string_value == "256"
+    # the backend's required keys are there; tokenizer_dir is the model's folder
+    assert trt.parameters["tokenizer_dir"].string_value == str(hf_dir.resolve())
+    assert trt.parameters["guided_decoding_backend"].string_value == ""
+    # without a profile the scheduler and KV-cache share are the backend's defaults...
+    assert "kv_cache_free_gpu_mem_fraction" not in trt.parameters
+    # ...with one, the profile's values reach the deployed config
+    h100 = get_profile("h100")
+    out = assemble_repository(
+        tmp_path / "repo-h100", str(hf_dir), llm_backend="tensorrtllm", engine_dir="/engines/h100",
+        max_batch_size=h100.max_batch_size, trtllm_profile="h100",
+    )  # fmt: skip
+    trt = _parse((out / "tensorrt_llm" / "config.pbtxt").read_text())
+    assert float(trt.parameters["kv_cache_free_gpu_mem_fraction"].string_value) == h100.kv_cache_free_gpu_mem_fraction
+    assert trt.parameters["batch_scheduler_policy"].string_value == h100.batch_scheduler_policy
+    with pytest.raises(ValueError, match="is not the h100 engine's"):
+        assemble_repository(tmp_path / "repo-bad", str(hf_dir), llm_backend="tensorrtllm",
+                            engine_dir="/engines/h100", max_batch_size=7, trtllm_profile="h100")  # fmt: skip
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

@@ -86,7 +86,7 @@ class BuildProfile:
             "--max_num_tokens", str(self.max_num_tokens),
         ]  # fmt: skip
 
-    def template_values(self, engine_dir: str) -> dict[str, str]:
+    def template_values(self, engine_dir: str, tokenizer_dir: str = "") -> dict[str, str]:
         """Values for ``model_repository/tensorrt_llm/config.pbtxt`` (fill_template keys).
 
         The template writes out what every PaDeLLM deployment needs (KV-cache reuse,
@@ -94,8 +94,11 @@ class BuildProfile:
 
         Args:
             engine_dir: the engine folder as seen by tritonserver (``gpt_model_path``).
+            tokenizer_dir: the model's HF folder (``tokenizer_dir``; the backend requires
+                the key and only reads it for guided decoding, which PaDeLLM leaves off).
         """
         return {
+            "tokenizer_dir": tokenizer_dir,
             # NOTE: Triton's batch size equals the engine's: the backend queues the rest.
             "triton_max_batch_size": str(self.max_batch_size),
             # NOTE: decoupled so the orchestrator can stream and stop (stop=True) a request.
