@@ -56,9 +56,13 @@ def _spawn_parent(code: str) -> tuple[subprocess.Popen, int]:
 
 
 def _kill_all(parent: subprocess.Popen, child: int) -> None:
-    for pid in (parent.pid, child):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """The parent, and the child with its process group (a tritonserver's Python stubs)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(parent.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child, signal.SIGKILL)  # NOTE: TritonServer starts it in its own session
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)
     parent.wait()
 
 
