@@ -230,10 +230,11 @@ def test_special_token_strings_in_text_and_labels_stay_plain_text(extract_fn) ->
         assert e.start is None or text[e.start : e.end] == e.text
 
 
-def test_a_broken_model_folder_is_a_clear_error(tmp_path: Path) -> None:
+def test_a_broken_model_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Folders that are not (complete) models: a message and exit 2, not a traceback."""
     import shutil
 
+    from padellm_ner.cli import main
     from padellm_ner.models import resolve_model_dir
 
     adapter = resolve_model_dir("default")
@@ -250,6 +251,6 @@ def test_a_broken_model_folder_is_a_clear_error(tmp_path: Path) -> None:
         folder.mkdir(exist_ok=True)
         for file, content in files.items():
             (folder / file).write_text(content)
-        proc = _cli("Obama in Paris .", "--model", str(folder))
-        assert proc.returncode == 2, (name, proc.stderr)
-        assert message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert main(["extract", "Obama in Paris .", "--model", str(folder)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (name, err)
