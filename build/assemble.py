@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from padellm_build.fill_template import fill, placeholders
+from padellm_ner.cli_types import MAX_BATCH_WINDOW_US, int_between
 from padellm_ner.errors import PadellmError
 from padellm_ner.model_info import META_FILE, read_model_info
 from padellm_ner.serving.loopback_tls import LoopbackTLS
@@ -67,6 +68,10 @@ def portable_model(model: str, check: bool = True) -> str:
         path = Path(model).expanduser()
         return str(path.resolve()) if path.exists() else model
     return str(resolve_model_dir(model).resolve())
+
+
+#: what a repository assembled here holds (the server's log lands beside the models)
+_WRITTEN = frozenset({"padellm", "llm", "tensorrt_llm", "tritonserver.log"})
 
 
 def _model_folder(model: str, check: bool) -> str:
@@ -163,6 +168,13 @@ def assemble_repository(
         if not (out / "padellm" / "config.pbtxt").is_file():
             # NOTE: --overwrite replaces a repository this wrote, never any other folder
             raise FileExistsError(f"{out} is not a padellm-ner model repository; refusing to delete it")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _WRITTEN)
+        if foreign:
+            # NOTE: and never what a user added to one (another model, notes)
+            raise FileExistsError(
+                f"{out} holds more than this writes ({', '.join(foreign)}); move them out, "
+                "or assemble into another folder"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded_labels, recorded_lang = model_labels(model)
@@ -249,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-tls-client-key", metavar="PEM", help="mutual TLS: its private key")
     parser.add_argument("--llm-tls-server-name", help="verify the server's certificate against this name")
     parser.add_argument(
-        "--batch-window-us", type=int,
+        "--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US),
         help="torch llm model: wait this long when idle for more requests before a step (default 5000)",
     )
     parser.add_argument("--count-hedge", type=float,

@@ -23,6 +23,7 @@ from padellm_ensemble.validation import (
 )
 from padellm_ner.baseline_plan import BaselinePlan, arun_baseline
 from padellm_ner.codec import PromptCodec
+from padellm_ner.labels import check_labels
 from padellm_ner.llm import AsyncLLM
 from padellm_ner.model_info import read_model_info, retag, words_for
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, arun_plan
@@ -260,6 +261,8 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
     codec = PromptCodec(tokenizer, end_id)
     _ = codec.newline_ids  # NOTE: computed once here (a vocab scan), not on the first request
     labels = tuple(json.loads(get("labels", "[]")))
+    if labels:  # NOTE: served defaults follow the rules of a request's LABELS
+        labels = tuple(check_labels(labels, "the padellm config's labels"))
     # NOTE: the method the model was trained for (padellm.json), unless the config overrides it.
     info = read_model_info(model_dir)
     plan = PlanConfig(

@@ -12,7 +12,15 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from padellm_ner.cli_types import float_above, float_at_least, fraction, int_at_least, port
+from padellm_ner.cli_types import (
+    MAX_BATCH_WINDOW_US,
+    float_above,
+    float_at_least,
+    fraction,
+    int_at_least,
+    int_between,
+    port,
+)
 from padellm_ner.errors import PadellmError
 from padellm_ner.models import DTYPES
 
@@ -113,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-loopback-key", metavar="PEM",
                    help="mutual TLS: its private key (default: --grpc-server-key)")
     p.add_argument(
-        "--batch-window-us", type=int_at_least(0),
+        "--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US),
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
     )
     p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
@@ -187,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "same concurrency, no Triton (what serving adds is the difference)")
     b.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N or auto")
     b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES, help="--model: the weights' dtype")
-    b.add_argument("--batch-window-us", type=int_at_least(0), default=5000,
+    b.add_argument("--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US), default=5000,
                    help="--model: when idle, wait this long for more requests before a step (as served)")
     b.add_argument("--dataset", default="conll2003")
     b.add_argument("--limit", type=int_at_least(1), default=200)

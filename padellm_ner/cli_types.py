@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
+__all__ = ["MAX_BATCH_WINDOW_US", "int_at_least", "int_between", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
+
+
+#: the longest ``--batch-window-us`` (10 s): a batching window, not a timer (a value over
+#: threading.TIMEOUT_MAX killed the engine thread while the server still said ready)
+MAX_BATCH_WINDOW_US = 10_000_000
 
 
 def _number(value: str, kind: type[int] | type[float]) -> int | float:
@@ -27,6 +32,18 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         n = int(_number(value, int))
         if n < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return n
+
+    return parse
+
+
+def int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """A whole number in ``[minimum, maximum]`` (a wait that must fit a timer)."""
+
+    def parse(value: str) -> int:
+        n = int(_number(value, int))
+        if not minimum <= n <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, got {value}")
         return n
 
     return parse

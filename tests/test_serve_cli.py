@@ -149,6 +149,34 @@ def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path,
     assert f"--http-port and --grpc-port are both {free}" in capsys.readouterr().err
 
 
+def test_serve_options_that_cannot_work_are_refused_before_the_model_loads(tmp_path, capsys) -> None:
+    """Each of these used to start (or crash) and fail later, or be ignored in silence."""
+    from padellm_ner.cli import main
+
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    cases = [
+        (["--repository", str(a_file)], "is a file; give a folder"),
+        (["--labels", "LOC", ""], "--labels[1] is empty"),
+        (["--labels", "X\nY"], "--labels[0] contains the control character"),
+        (["--host", "::"], "serve listens on IPv4"),
+        (["--host", "[::1]"], "serve listens on IPv4"),
+        (["--host", "nosuch.invalid"], "--host nosuch.invalid cannot be resolved"),
+        (["--host", "192.0.2.77"], "is not an address of this machine"),
+        (["--batch-window-us", "100000000000000000"], "must be between 0 and 10000000"),
+        (["--engine-dir", str(tmp_path)], "--engine-dir goes with --llm-backend tensorrtllm"),
+        (["--grpc-loopback-ca", str(a_file)], "--grpc-loopback-ca: the loopback's TLS, for a TLS server"),
+    ]
+    for extra, message in cases:
+        try:
+            code = main(["serve", *extra])
+        except SystemExit as exc:  # NOTE: argparse's own usage errors
+            code = exc.code
+        assert code == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+
+
 def _self_signed(folder) -> tuple:
     import shutil
 

@@ -113,6 +113,13 @@ def test_assemble_python_repository(tmp_path):
     with pytest.raises(FileExistsError, match="not a padellm-ner model repository"):
         assemble_repository(other, "/nonexistent-model", check_model=False, overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
+    # ...nor what a user added to a repository it wrote (another model, notes)
+    (repo / "mymodel").mkdir()
+    (repo / "NOTES.txt").write_text("mine")
+    (repo / "tritonserver.log").write_text("a log")
+    with pytest.raises(FileExistsError, match=r"holds more than this writes \(NOTES.txt, mymodel\)"):
+        assemble_repository(repo, "/nonexistent-model", check_model=False, overwrite=True)
+    assert (repo / "NOTES.txt").read_text() == "mine" and (repo / "mymodel").is_dir()
     bls = assemble_repository(tmp_path / "b", "/nonexistent-model", llm_transport="bls", check_model=False)
     assert 'key: "llm_transport" value: { string_value: "bls" }' in (bls / "padellm" / "config.pbtxt").read_text()
     assert 'key: "batch_window_us"' not in (repo / "llm" / "config.pbtxt").read_text()  # the model's 5 ms

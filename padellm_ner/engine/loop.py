@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from padellm_ner.cli_types import MAX_BATCH_WINDOW_US
 from padellm_ner.engine.core import EngineCore, StepOutput
 from padellm_ner.engine.runner import EngineStats
 from padellm_ner.errors import InvalidInputError
@@ -50,7 +51,9 @@ class EngineLoop:
         self, core: EngineCore, name: str = "padellm-engine", batch_window_s: float = 0.0
     ) -> None:
         self.core = core
-        self.batch_window_s = max(0.0, batch_window_s)
+        if not 0.0 <= batch_window_s <= MAX_BATCH_WINDOW_US / 1e6:
+            raise ValueError(f"batch_window_s is {batch_window_s}; it must be 0 to {MAX_BATCH_WINDOW_US / 1e6:g} s")
+        self.batch_window_s = batch_window_s
         self._inbox: list[_Submit | _Abort] = []
         self._callbacks: dict[str, StepCallback] = {}
         self._wake = threading.Condition()

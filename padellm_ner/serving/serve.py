@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from padellm_ner.errors import InvalidInputError
+from padellm_ner.labels import check_labels
 from padellm_ner.serving.loopback_tls import LoopbackTLS, check_loopback, loopback_tls
 from padellm_ner.serving.triton_server import (
     TritonServer,
@@ -45,7 +46,7 @@ def _drain(server: TritonServer | None, timeout: float) -> None:
     """
     if server is None or not server.running or timeout <= 0:
         return
-    print(f"padellm-ner: finishing the requests in flight (up to {timeout:.0f} s; Ctrl-C again to cut)", flush=True)
+    print(f"padellm-ner: finishing the requests in flight (up to {timeout:g} s; Ctrl-C again to cut)", flush=True)
     try:
         left = server.drain([ORCHESTRATOR_MODEL], timeout)
     except (KeyboardInterrupt, _Terminated):
@@ -133,16 +134,29 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     except TritonServerError as exc:
         raise InvalidInputError(str(exc)) from exc
+    if args.labels is not None:
+        # NOTE: the served default labels follow the rules a request's LABELS do
+        args.labels = check_labels(args.labels, "--labels")
     if args.llm_backend == "python":
         from padellm_ner.models import pick_device
 
+        if getattr(args, "engine_dir", None):
+            raise InvalidInputError("--engine-dir goes with --llm-backend tensorrtllm")
         pick_device(args.device)  # NOTE: the llm model would fail to load, seconds later
     else:
         _check_tensorrtllm(getattr(args, "engine_dir", None))
     tls = _tls_args(args)
     transport = getattr(args, "llm_transport", None) or "grpc"
+    loopback_given = [f"--grpc-loopback-{n}" for n in ("ca", "cert", "key") if getattr(args, f"grpc_loopback_{n}", None)]
+    if loopback_given and not (tls and transport == "grpc"):
+        raise InvalidInputError(
+            f"{', '.join(loopback_given)}: the loopback's TLS, for a TLS server (--grpc-server-cert) "
+            "with the gRPC transport"
+        )
     llm_tls = _loopback(args, loopback_host(args.host)) if tls and transport == "grpc" else None
     temp = args.repository is None
+    if not temp and Path(args.repository).exists() and not Path(args.repository).is_dir():
+        raise InvalidInputError(f"--repository {args.repository} is a file; give a folder")
     repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()
     if not temp and repo.exists() and any(repo.iterdir()) and not ours:

@@ -8,6 +8,7 @@ venv fail to import).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -102,6 +103,7 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
     ``ports`` maps an option name (``--grpc-port``) to its port; 0 means "pick one". The
     probe sets SO_REUSEADDR, as gRPC does, so only a listener makes a port taken.
     """
+    _check_host(host)
     given = {name: port for name, port in ports.items() if port}
     seen: dict[int, str] = {}
     for name, port in given.items():
@@ -113,10 +115,27 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
             try:
                 probe.bind((host, port))
             except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise TritonServerError(f"--host {host} is not an address of this machine") from None
                 raise TritonServerError(
                     f"{name} {port} on {host} is not free ({exc.strerror}); pick another port "
                     "or stop what listens there"
                 ) from None
+
+
+def _check_host(host: str) -> None:
+    """An IPv4 address or a name that resolves to one: tritonserver 2.51 joins its
+    ``--grpc-address`` and port with a bare ``:`` (``:::8001`` for ``::``), so an IPv6
+    host failed only after the model had loaded."""
+    if ":" in host or host.startswith("["):
+        raise TritonServerError(
+            f"--host {host}: serve listens on IPv4 (tritonserver's --grpc-address takes no IPv6 "
+            "here); use 127.0.0.1 (this machine) or 0.0.0.0 (every interface)"
+        )
+    try:
+        socket.getaddrinfo(host, None, socket.AF_INET)
+    except socket.gaierror as exc:
+        raise TritonServerError(f"--host {host} cannot be resolved ({exc.strerror})") from None
 
 
 def stub_search_dir() -> str:
