@@ -161,7 +161,9 @@ def resolve_model_dir(name_or_path: str) -> Path:
             f"model {name_or_path!r} is neither a known name ({known}) nor a local folder"
         )
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        raise ModelNotFoundError(f"{path} holds neither config.json nor adapter_config.json")
+        hint = (f"; a run that has not finished? its checkpoints are in {path / 'checkpoints'}"
+                if (path / "checkpoints").is_dir() else "")  # fmt: skip
+        raise ModelNotFoundError(f"{path} holds neither config.json nor adapter_config.json{hint}")
     return path
 
 

@@ -96,6 +96,8 @@ def test_train_inputs_are_checked_before_anything_loads(tmp_path, capsys) -> Non
         (["--out", str(tmp_path / "o"), "--dataset", str(untagged)], "tags no entity in any split"),
         (["--out", str(a_file)], "is a file; give a folder"),
         (["--out", str(tmp_path / "o"), "--init-adapter", str(tmp_path)], "is not a LoRA adapter folder"),
+        (["--out", str(tmp_path / "o"), "--init-adapter", "padellm_ner/assets/default-adapter", "--base", "gemma3-270m"],
+         "was trained on smollm2-135m, not on --base gemma3-270m"),
         (["--out", str(tmp_path / "o"), "--init-adapter", "padellm_ner/assets/default-adapter", "--no-lora"],
          "does not go with --no-lora"),
     ]  # fmt: skip

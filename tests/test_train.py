@@ -559,3 +559,25 @@ def test_model_card_limits_name_the_papers_result_for_the_dataset_trained() -> N
     assert "--dataset weibo --base gemma3-270m" in weibo
     assert "conll2003 F1 92.52" in card("conll2003") and "F1 >= 90" in card("conll2003")
     assert "paper" not in card("/data/own").split("## Limits")[1]  # no paper figure to cite
+
+
+def test_overwrite_starts_clean_and_a_checkpoint_decodes_like_its_run(tiny_base: Path, tmp_path: Path) -> None:
+    """``--overwrite`` used to keep the old run's checkpoints and log (a later ``--resume``
+    loaded the old weights); a checkpoint folder carries the run's padellm.json, so it
+    decodes with the run's method and labels, not as an untrained PaDeLLM default."""
+    from padellm_ner.model_info import read_model_info
+    from padellm_ner.train.cli import main
+
+    out = tmp_path / "run"
+    common = ["train", "--dataset", "conll2003", "--base", str(tiny_base), "--out", str(out), "--limit", "6",
+              "--threads", "1", "--eval-limit", "0", "--log-every", "1"]  # fmt: skip
+    assert main([*common, "--format", "ar_struct", "--batch-tokens", "256", "--save-every", "1"]) == 0
+    old_steps = json.loads((out / "padellm.json").read_text())["train"]["steps"]
+    assert old_steps > 1
+    info = read_model_info(latest_checkpoint(out))
+    assert info.trained and info.format == "ar_struct"
+    assert main([*common, "--format", "padellm", "--batch-tokens", "4096", "--max-steps", "1", "--overwrite"]) == 0
+    log = (out / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"]
+    assert read_model_info(out).format == "padellm"

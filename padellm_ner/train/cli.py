@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -102,6 +103,45 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
 _TRAINED_FILES = ("adapter_model.safetensors", "model.safetensors", "checkpoints")
 
 
+#: what a run writes into --out (besides tokenizer files, which a save rewrites)
+_RUN_FILES = (*_TRAINED_FILES, "adapter_config.json", "config.json", "generation_config.json",
+              META_FILE, "train_log.jsonl", "train_result.json", "training_curve.png")  # fmt: skip
+
+
+def _clear_run(out: Path) -> None:
+    """``--overwrite``: remove the earlier run's files, or its checkpoints would outlive it
+    (a later ``--resume`` loaded the old run's weights) and its log would continue."""
+    for name in _RUN_FILES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _adopt_adapter_shape(args: argparse.Namespace, init: Path) -> None:
+    """A warm start continues the adapter as it is: its base must be ``--base`` (peft
+    failed on a tensor size otherwise) and its rank and alpha are the run's (they were
+    recorded from --lora-r/--lora-alpha, which the adapter ignores)."""
+    from padellm_ner.models import adapter_base, resolve_model_dir
+
+    cfg = json.loads((init / "adapter_config.json").read_text())
+    base = adapter_base(init)
+    if base == args.base or (base in BASE_MODELS and args.base in BASE_MODELS):
+        same = base == args.base  # NOTE: names compared as names (no conversion of a base)
+    else:
+        try:
+            same = resolve_model_dir(base).resolve() == resolve_model_dir(args.base).resolve()
+        except PadellmError:
+            same = False
+    if not same:
+        raise InvalidInputError(f"--init-adapter {init} was trained on {base}, not on --base {args.base}")
+    r, alpha = int(cfg.get("r", args.lora_r)), int(cfg.get("lora_alpha", args.lora_alpha))
+    if (r, alpha) != (args.lora_r, args.lora_alpha):
+        print(f"train: LoRA r={r}, alpha={alpha} from --init-adapter {init}", file=sys.stderr)
+    args.lora_r, args.lora_alpha = r, alpha
+
+
 def _check_paths(args: argparse.Namespace) -> None:
     """``--out`` and ``--init-adapter`` checked before data or model load (each used to
     fail with a traceback: FileExistsError, peft's ValueError)."""
@@ -122,6 +162,7 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise InvalidInputError("--init-adapter continues a LoRA adapter; it does not go with --no-lora")
         if not (Path(init) / "adapter_config.json").is_file():
             raise InvalidInputError(f"--init-adapter {init} is not a LoRA adapter folder (no adapter_config.json)")
+        _adopt_adapter_shape(args, Path(init))
 
 
 def _read_labels_file(path: str) -> dict[str, str]:
@@ -347,6 +388,8 @@ def run_train(args: argparse.Namespace) -> int:
             "zero_count_keep": zero_keep,
         },
     )
+    if getattr(args, "overwrite", False):
+        _clear_run(Path(args.out))  # NOTE: only now, once the data and options are known good
     trainer = Trainer(config)
     codec = PromptCodec(trainer.tokenizer, trainer.end_id)
     pack = bool(getattr(args, "pack", True))

@@ -291,8 +291,11 @@ class Trainer:
         tmp.mkdir(parents=True)
         torch.save({**state, "weights": self._trainable_state()}, tmp / _STATE_FILE)
         if self.config.lora:
-            # NOTE: a checkpoint is also a usable adapter, in case the run never finishes.
+            # NOTE: a checkpoint is also a usable adapter, in case the run never finishes;
+            # with the run's padellm.json, so it decodes with the run's method and labels.
             self._save_adapter(tmp)
+            if (meta := self.out / "padellm.json").is_file():
+                shutil.copy2(meta, tmp / meta.name)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)  # atomic: a crash mid-save leaves the previous checkpoint intact
