@@ -74,7 +74,11 @@ class BaselinePlan:
         entities: list[Entity] = []
         for label in dict.fromkeys(tag for tag, _ in pairs):
             mentions = [m for tag, m in pairs if tag == label]
+            unplaced: set[str] = set()
             for mention, span in zip(mentions, ground_mentions(self.text, mentions)):
+                if span is None and mention in unplaced:
+                    continue  # NOTE: a string the text does not hold is one entity, once
+                unplaced.update([] if span else [mention])
                 start, end = span if span else (None, None)
                 text = self.text[start:end] if span else mention  # NOTE: the text's own spacing
                 entities.append(Entity(label, text, start, end, score))

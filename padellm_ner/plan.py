@@ -271,14 +271,14 @@ class PaDeLLMPlan:
                 m for m in ordered
                 if not m.hedge or (self.count_probs[label] < hedge_below and m.text not in named)
             ]  # fmt: skip
-            grounded: set[str] = set()
+            seen: set[str] = set()
             for mention, span in zip(ordered, ground_mentions(self.text, [m.text for m in ordered])):
                 mention.start, mention.end = span if span else (None, None)
                 # NOTE: a repeat with no copy of its text left in the sentence (the model
-                # named "Korea" twice, the text holds it once) is no entity.
-                mention.kept = span is not None or mention.text not in grounded
-                if span is not None:
-                    grounded.add(mention.text)
+                # named "Korea" twice, the text holds it once) is no entity; nor is the
+                # repeat of a string the text does not hold at all (one such entity, once).
+                mention.kept = span is not None or mention.text not in seen
+                seen.add(mention.text)
             branches.extend(ordered)
         if self.config.dedup != Dedup.OFF:
             best: dict[object, Mention] = {}

@@ -224,6 +224,15 @@ def test_plan_drops_repeats_beyond_the_copies_in_the_text(codec) -> None:
     assert [(m.label, m.k) for m in plan.resolve() if not m.kept] == [("LOC", 2), ("ORG", 1)]
 
 
+def test_plan_keeps_one_of_repeated_strings_the_text_does_not_hold(codec) -> None:
+    """A model looping on a string not in the text ("111...", 16 times) gave 16 entities
+    without offsets (16 span false positives); it is one entity."""
+    llm = FakeLLM(codec, counts={"LOC": "3"},
+                  mentions={("LOC", k): ("Atlantis", -0.1 * k) for k in (1, 2, 3)})  # fmt: skip
+    entities = run_plan(_plan(codec, TEXT, ["LOC"]), llm)
+    assert _triples(entities) == [("LOC", "Atlantis", None, None)]
+
+
 def test_arun_plan_matches_run_plan_and_streams_labels(codec) -> None:
     seen: list[tuple[str, int]] = []
 
