@@ -74,11 +74,13 @@ class BaselinePlan:
         entities: list[Entity] = []
         for label in dict.fromkeys(tag for tag, _ in pairs):
             mentions = [m for tag, m in pairs if tag == label]
-            unplaced: set[str] = set()
+            seen: set[str] = set()
             for mention, span in zip(mentions, ground_mentions(self.text, mentions)):
-                if span is None and mention in unplaced:
-                    continue  # NOTE: a string the text does not hold is one entity, once
-                unplaced.update([] if span else [mention])
+                if span is None and mention in seen:
+                    # NOTE: as PaDeLLM's plan: a repeat beyond the text's copies, or of a
+                    # string it does not hold, is no further entity
+                    continue
+                seen.add(mention)
                 start, end = span if span else (None, None)
                 text = self.text[start:end] if span else mention  # NOTE: the text's own spacing
                 entities.append(Entity(label, text, start, end, score))
