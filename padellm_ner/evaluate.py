@@ -184,10 +184,11 @@ def _merged_shard(shards: Sequence[dict[str, Any] | None]) -> dict[str, Any] | N
     known = [s for s in shards if s is not None]
     if not known:
         return None
-    for key in ("model", "dataset", "split"):
-        values = sorted({str(s.get(key)) for s in known})
+    for key in ("model", "dataset", "split", "labels", "method", "dedup"):
+        # NOTE: reports written before a key was recorded do not have it
+        values = sorted({json.dumps(s[key]) if isinstance(s[key], list) else str(s[key]) for s in known if key in s})
         if len(values) > 1:
-            raise InvalidInputError(f"the shards are of different {key}s: {', '.join(values)}")
+            raise InvalidInputError(f"the shards differ in {key}: {', '.join(values)} (one run's shards merge, not two runs)")
     spans = sorted((int(s["skip"]), int(s["skip"]) + int(s["sentences"])) for s in known)
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
         if b0 < a1:
@@ -199,6 +200,7 @@ def _merged_shard(shards: Sequence[dict[str, Any] | None]) -> dict[str, Any] | N
     return {
         "model": first.get("model"), "dataset": first.get("dataset"), "split": first.get("split"),
         "skip": spans[0][0], "sentences": sum(b - a for a, b in spans),
+        **{key: first[key] for key in ("labels", "method", "dedup") if key in first},
     }  # fmt: skip
 
 
@@ -328,7 +330,9 @@ def run_evaluate(args: Namespace) -> int:
     # NOTE: the progress bar goes to stderr, so `--json` keeps stdout clean for a file.
     result = evaluate_model(extractor, examples, labels, batch_sentences=args.batch_sentences)
     result.shard = {"model": _as_given(args.model), "dataset": _as_given(args.dataset),
-                    "split": args.split, "skip": skip, "sentences": len(examples)}  # fmt: skip
+                    "split": args.split, "skip": skip, "sentences": len(examples),
+                    "labels": list(labels), "method": extractor.method,
+                    "dedup": args.dedup}  # fmt: skip
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:

@@ -132,8 +132,19 @@ def test_shards_merge_to_the_whole(extractor: Extractor, tmp_path, capsys) -> No
     assert main(["evaluate", "--merge", str(files[0]), str(files[1]), str(files[1])]) == 2
     assert "the shards overlap: sentences 1..3 and 1..3" in capsys.readouterr().err
     parts[1].shard["model"] = "other"
-    with pytest.raises(InvalidInputError, match="different models: m, other"):
+    with pytest.raises(InvalidInputError, match="differ in model: m, other"):
         merge_results(parts)
+    parts[1].shard["model"] = "m"
+    # shards asked for other labels (or run with another method or de-dup) score other things
+    parts[0].shard["labels"], parts[1].shard["labels"] = ["LOC", "PER"], ["LOC"]
+    with pytest.raises(InvalidInputError, match=re.escape('differ in labels: ["LOC", "PER"], ["LOC"]')):
+        merge_results(parts)
+    parts[1].shard["labels"] = ["LOC", "PER"]
+    parts[0].shard["method"], parts[1].shard["method"] = "ar_struct", "onestep"
+    with pytest.raises(InvalidInputError, match="differ in method: ar_struct, onestep"):
+        merge_results(parts)
+    parts[1].shard["method"] = "ar_struct"
+    assert merge_results(parts).shard["labels"] == ["LOC", "PER"]
     # a hand-edited field of the wrong type: a message, not a traceback
     broken = parts[0].to_dict()
     broken["shard"] = {**run, "skip": "abc", "sentences": 1}
