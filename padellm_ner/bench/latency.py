@@ -591,6 +591,10 @@ def run_latency_cli(args: Any) -> int:
         raise InvalidInputError(f"{args.dataset}/{args.split} has no sentences")
     max_new_tokens = getattr(args, "max_new_tokens", None)
     extractors = load_extractors(models, args.device, args.dtype, max_new_tokens)
+    for ex in extractors.values():
+        # NOTE: as evaluate: the model's own label words win, the dataset's fill in the rest
+        # (a tag the model does not record was asked as itself here, as its word there)
+        ex.info.label_words = {**info.label_words, **ex.info.label_words}
     core = getattr(next(iter(extractors.values())).llm, "core", None)
     device = str(core.runner.device) if core is not None else args.device
 
