@@ -88,7 +88,11 @@ def test_train_inputs_are_checked_before_anything_loads(tmp_path, capsys) -> Non
     newline_word, same_words = tmp_path / "newline.json", tmp_path / "same.json"
     newline_word.write_text('{"PER": "per\\nson", "LOC": "LOC"}')
     same_words.write_text('{"PER": "X", "LOC": "X"}')
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"PER": "person", "LCO": "location"}')
     cases = [
+        (["--out", str(tmp_path / "o"), "--labels-file", str(typo)], "--labels-file names tags no --dataset has: LCO"),
+        (["--out", str(tmp_path / "o"), "--dataset", "conll2003,resume"], "--dataset mixes languages (conll2003: en, resume: zh)"),
         (["--out", str(tmp_path / "o"), "--labels-file", str(newline_word)],
          "label word[0] contains the control character '\\n'"),
         (["--out", str(tmp_path / "o"), "--labels-file", str(same_words)],

@@ -201,6 +201,7 @@ def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpe
 
     override = _read_labels_file(labels_file) if labels_file else None
     specs = []
+    known: set[str] = set()
     for name in [n.strip() for n in names.split(",") if n.strip()]:
         info = dataset_info(name).require_labels(name)
         tags = list(info.labels)
@@ -213,8 +214,22 @@ def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpe
                     f"--labels-file names none of the tags of {name}: {info.labels}"
                 )
         specs.append(DatasetSpec(name=name, lang=info.lang, tags=tuple(tags), label_words=words))
+        known.update(info.labels)
     if not specs:
         raise InvalidInputError("--dataset names no dataset")
+    if override is not None and (unknown := sorted(set(override) - known)):
+        # NOTE: a typo ("LCO") silently trained without that tag
+        raise InvalidInputError(
+            f"--labels-file names tags no --dataset has: {', '.join(unknown)} (they have {', '.join(sorted(known))})"
+        )
+    if len({s.lang for s in specs}) > 1:
+        # NOTE: one model, one prompt language: a mixed run recorded the first dataset's
+        # language and one word per tag, and decoded the other language with them
+        raise InvalidInputError(
+            "--dataset mixes languages ("
+            + ", ".join(f"{s.name}: {s.lang}" for s in specs)
+            + "); train one model per language"
+        )
     return specs
 
 
@@ -328,8 +343,6 @@ def run_train(args: argparse.Namespace) -> int:
     _check_paths(args)
     specs = load_datasets(args.dataset, args.labels_file)
     langs = {s.lang for s in specs}
-    if len(langs) > 1:
-        logger.warning("mixing languages %s; each dataset keeps its own prompt language", langs)
 
     groups: list[list[Any]] = []
     num_sentences: dict[str, int] = {}
