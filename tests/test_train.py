@@ -263,8 +263,15 @@ def test_resume_continues_from_the_checkpoint_step(
     first = cut.train(units)
     assert first.steps == 1
     assert latest_checkpoint(tmp_path / "cut").name == "step-1"
+    # steps logged after the checkpoint by the killed run (and a line torn by the kill)
+    with open(tmp_path / "cut" / "train_log.jsonl", "a") as log:
+        log.write(json.dumps({"step": 2, "loss": 9.9}) + "\n" + '{"step": 3, "lo')
     resumed = Trainer(_config(tmp_path / "cut", tiny_base, max_steps=6, save_every=2, resume=True))
     result = resumed.train(units)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "train_log.jsonl").open()]
+    assert steps == sorted(set(steps)) and 9.9 not in [
+        json.loads(line)["loss"] for line in (tmp_path / "cut" / "train_log.jsonl").open()
+    ]
     assert result.steps == 6 and len(result.losses) == 6
     assert result.losses[:1] == first.losses
     # exact continuation: same data order, weights, optimizer, schedule and RNG

@@ -171,6 +171,22 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines of steps after the checkpoint a run resumes from: they are run
+    again, and were logged twice (the training curve drew both)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) > step:
+                continue
+        except (ValueError, AttributeError):
+            continue  # NOTE: a line torn by the kill
+        kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
 def _same_folder(a: str | None, b: str) -> bool:
     """Two ways of naming one base model (a short name, relative and absolute paths)."""
     if a is None:
@@ -405,6 +421,7 @@ class Trainer:
                     total,
                     state.get("total_steps"),
                 )
+            _truncate_log(self.out / "train_log.jsonl", step)
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", ckpt, step, epoch, pos)
             print(f"resumed from {ckpt} at step {step}", file=sys.stderr, flush=True)
         elif cfg.resume:
