@@ -553,6 +553,24 @@ def test_model_card_counts_repeated_sentences_once_and_passes_in_full() -> None:
     assert "`<|im_end|>`" in card and "(SmolLM2-135M-Instruct)" in card
 
 
+def test_model_card_says_how_the_model_was_trained_not_how_the_default_was() -> None:
+    """The card wrote LoRA, PaDeLLM targets, all zero-count sequences and packing for any run."""
+    from padellm_ner.train.cli import model_card
+
+    meta = {"base": "smollm2-135m", "format": "ar_struct", "lora": None, "train": {
+        "sentences": {"conll2003": 6}, "sentences_available": {"conll2003": 6}, "packed": False,
+        "zero_count_keep": 1.0, "device": "cuda"}}  # fmt: skip
+    card = model_card(meta, "padellm-ner train X")
+    assert "full fine-tune of `smollm2-135m`" in card and "Full fine-tune: every weight trained" in card
+    assert "LoRA" not in card and "float16" not in card and "<mention k>" not in card
+    assert "the ar_struct answer text" in card and "Packing: off" in card and "bf16 autocast" in card
+    assert "Zero-count" not in card  # a PaDeLLM notion
+    meta.update(format="padellm", lora={"r": 8, "alpha": 16})
+    meta["train"].update(zero_count_keep=0.5, packed=True, device="cpu")
+    card = model_card(meta, "padellm-ner train X")
+    assert "LoRA r=8, alpha=16" in card and "50% (`--zero-count-keep 0.5`" in card and "fp32." in card
+
+
 def test_model_card_limits_name_the_papers_result_for_the_dataset_trained() -> None:
     from padellm_ner.train.cli import model_card
 

@@ -626,8 +626,9 @@ def _size_limit(meta: dict[str, Any], base: str, share: float, epochs: float, ma
     dataset = str(meta.get("dataset"))
     paper = PAPER_F1.get(dataset)
     cpu = "no GPU" in machine
+    fmt, how = meta.get("format", "padellm"), "with LoRA" if meta.get("lora") else "in full"
     line = (
-        f"- A small model ({base}) trained with LoRA on {100 * share:.0f}% of the data "
+        f"- A small model ({base}) trained {how} on {100 * share:.0f}% of the data "
         f"({epochs:.2f} epochs) on {'a CPU' if cpu else machine}"
         + (f": below the paper's 7B result ({dataset} F1 {paper:.2f})" if paper else "")
     )
@@ -635,13 +636,13 @@ def _size_limit(meta: dict[str, Any], base: str, share: float, epochs: float, ma
         line += (
             " and below the project's target (F1 >= 90); it is a working default, not a "
             "benchmark. Retrain on a GPU with the full data for real use (`padellm-ner train "
-            "--format padellm --dataset conll2003 --epochs 4`)."
+            f"--format {fmt} --dataset conll2003 --epochs 4`)."
             if cpu
             else "; compare the test scores above with the project's target (F1 >= 90)."
         )
     else:
         line += "." if not cpu else (
-            f"; retrain on a GPU for real use (`padellm-ner train --format padellm "
+            f"; retrain on a GPU for real use (`padellm-ner train --format {fmt} "
             f"--dataset {dataset} --base {base} --epochs 4`)."
         )
     return line
@@ -667,10 +668,32 @@ def model_card(
     known = BASE_MODELS.get(base)
     end_token = known.end_token if known else "end token"
     lora = meta.get("lora") or {}
+    fmt = meta.get("format", "padellm")
+    train = meta.get("train", {})
+    keep = float(train.get("zero_count_keep", 1.0) or 1.0)
+    what = "adapter" if lora else "model"
+    zero = (
+        "all (no downsampling, as in the paper)" if keep >= 1.0
+        else f"{100 * keep:g}% (`--zero-count-keep {keep:g}`; the paper keeps all)"
+    )  # fmt: skip
+    packing = (
+        "each sentence's sequences merged into one prefix tree (same loss as unpacked "
+        "training, checked by tests/test_train.py)" if train.get("packed", True)
+        else "off (`--no-pack`: one sequence per row)"
+    )  # fmt: skip
+    targets = (
+        f"count, `\\n<mention k>` marker, mention, `{end_token}`" if fmt == "padellm"
+        else f"the {fmt} answer text, `{end_token}`"
+    )
+    tuning = (
+        f"- LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout 0.05, on every linear "
+        "projection (q/k/v/o, gate/up/down); lm_head and embeddings frozen."
+        if lora else "- Full fine-tune: every weight trained."
+    )
     lines = [
-        f"# {meta.get('format', 'padellm')} NER adapter on {base}",
+        f"# {fmt} NER {what} on {base}",
         "",
-        f"A LoRA adapter for `{base}`{f' ({known.title})' if known else ''} trained in the "
+        f"A {'LoRA adapter for' if lora else 'full fine-tune of'} `{base}`{f' ({known.title})' if known else ''} trained in the "
         f"`{meta.get('format')}` format (docs/METHOD.md) on `{meta.get('dataset')}`. "
         f"Labels (prompt words): {', '.join(meta.get('labels', []))}. Language: {meta.get('lang')}.",
         "",
@@ -680,16 +703,15 @@ def model_card(
         f"({100 * seen / avail:.1f}%); {passes:.0f} sentence passes in all "
         f"({passes / avail:.2f} epochs)"
         + (f", over {len(stages)} stages (below)." if len(stages) > 1 else "."),
-        "- Zero-count sequences kept: all (no downsampling, as in the paper). Packing: each "
-        "sentence's sequences merged into one prefix tree (same loss as unpacked training, "
-        "checked by tests/test_train.py).",
+        *([f"- Zero-count sequences kept: {zero}."] if fmt == "padellm" else []),
+        f"- Packing: {packing}.",
         "",
         "## Training",
         "",
-        f"- LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout 0.05, on every linear "
-        "projection (q/k/v/o, gate/up/down); lm_head and embeddings frozen.",
-        f"- Loss on target tokens only (count, `\\n<mention k>` marker, mention, `{end_token}`); "
-        "AdamW, warmup then cosine decay to 0, grad clip 1.0, fp32.",
+        tuning,
+        f"- Loss on target tokens only ({targets}); "
+        "AdamW, warmup then cosine decay to 0, grad clip 1.0, "
+        + ("bf16 autocast." if str(train.get("device", "")).startswith("cuda") else "fp32."),
         f"- Machine: {machine}.",
         "",
     ]
@@ -737,7 +759,7 @@ def model_card(
         "## Limits",
         "",
         _size_limit(meta, base, seen / avail, passes / avail, machine),
-        "- Adapter weights are stored in float16 (cast back to the model dtype when loaded).",
+        *(["- Adapter weights are stored in float16 (cast back to the model dtype when loaded)."] if lora else []),
         "",
     ]
     return "\n".join(lines)
