@@ -99,7 +99,7 @@ class TrainResult:
     steps: int
     total_steps: int
     epochs_done: float
-    final_loss: float  # mean train loss over the last ``log_every`` steps
+    final_loss: float  # mean train loss over the last ``log_every`` steps (half a short run)
     first_loss: float
     tokens_per_s: float  # non-pad tokens through forward+backward per second, this process
     raw_tokens_per_s: float  # the same in unpacked sequence tokens (what was learnt from)
@@ -555,8 +555,11 @@ class Trainer:
         if step != saved_at and cfg.save_every:
             self._save_checkpoint(step, snapshot())
         self.save_final()
-        recent = losses[-cfg.log_every :] or [float("nan")]
-        first = losses[: cfg.log_every] or [float("nan")]
+        # NOTE: means over log_every steps, but never the same steps at both ends (a short
+        # run showed "loss 10.80 -> 10.80" while it fell): halves of a run under 2 windows
+        window = max(1, min(cfg.log_every, len(losses) // 2))
+        recent = losses[-window:] or [float("nan")]
+        first = losses[:window] or [float("nan")]
         result = TrainResult(
             steps=step,
             total_steps=total,
