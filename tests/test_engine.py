@@ -451,18 +451,24 @@ def test_a_sliding_window_bounds_the_request_length() -> None:
     assert _usable_length(LlamaConfig(max_position_embeddings=2048)) == 2048
 
 
-def test_a_request_too_long_for_the_model_is_refused_without_leaving_the_rest_queued() -> None:
-    import pytest
+def _tiny_core() -> EngineCore:
+    """A 1-layer random Llama: 64 ids, 32 positions (limits a test can reach)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from padellm_ner.errors import InvalidInputError
 
     config = LlamaConfig(
         vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
     )  # fmt: skip
     torch.manual_seed(0)
-    core = EngineCore(LlamaForCausalLM(config).eval())
+    return EngineCore(LlamaForCausalLM(config).eval())
+
+
+def test_a_request_too_long_for_the_model_is_refused_without_leaving_the_rest_queued() -> None:
+    import pytest
+
+    from padellm_ner.errors import InvalidInputError
+
+    core = _tiny_core()
     llm = TorchLLM(core)
     short, long = GenerationRequest((1, 2, 3), 4, ()), GenerationRequest(tuple(range(1, 31)), 4, ())
     with pytest.raises(InvalidInputError, match="too long.*30 tokens.*4 more.*32 positions"):
@@ -477,16 +483,10 @@ def test_a_request_too_long_for_the_model_is_refused_without_leaving_the_rest_qu
 def test_a_token_outside_the_vocabulary_is_refused_on_entry_and_the_batch_goes_on() -> None:
     """An out-of-range id used to reach the embedding and fail every request in the batch."""
     import pytest
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from padellm_ner.errors import InvalidInputError
 
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    core = EngineCore(LlamaForCausalLM(config).eval())
+    core = _tiny_core()
     core.add_request("good", GenerationRequest((1, 2, 3), 4, ()))
     for bad in (64, -1):
         with pytest.raises(InvalidInputError, match=rf"token id {bad} is outside.*\[0, 64\)"):
