@@ -22,6 +22,7 @@ from padellm_ner.cli_types import (
     port,
 )
 from padellm_ner.errors import PadellmError
+from padellm_ner.extract import MODEL_DEFAULTS
 from padellm_ner.models import DTYPES
 
 __all__ = ["main", "build_parser"]
@@ -51,11 +52,13 @@ def _hedge_threshold(value: str) -> float:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default",
+    p.add_argument("--model", default=MODEL_DEFAULTS["model"],
                    help="'default' (embedded), a base name (smollm2-135m), an HF folder or a LoRA adapter folder")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES, help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--max-batch-size", type=int_at_least(1), default=64, help="sequences decoded together")
+    p.add_argument("--device", default=MODEL_DEFAULTS["device"], help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default=MODEL_DEFAULTS["dtype"], choices=_DTYPE_CHOICES,
+                   help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-batch-size", type=int_at_least(1), default=MODEL_DEFAULTS["max_batch_size"],
+                   help="sequences decoded together")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PaDeLLM: also decode mention n+1 of a count n less probable than P "
                         "(0 = off, the paper; default: the model's recorded value)")
     _add_model_args(p)
+    # NOTE: unset by default so that `extract --server` can tell a given one (the server's
+    # model decides there) from the default; run_extract fills in the defaults
+    p.set_defaults(**{name: None for name in MODEL_DEFAULTS})
 
     p = sub.add_parser("serve", help="run tritonserver with the padellm-ner model repository")
     _add_model_args(p)

@@ -248,6 +248,11 @@ def _parse_line(
     return item.get("id", number), item["text"], check_labels(labels) if labels is not None else None
 
 
+#: the in-process model options' defaults, as ``_add_model_args`` declares them (extract's
+#: parser leaves them unset, so ``--server`` can refuse a given one)
+MODEL_DEFAULTS = {"model": "default", "device": "auto", "dtype": "auto", "max_batch_size": 64}
+
+
 def run_extract(args: Namespace) -> int:
     if (args.text is None) == (args.input is None):
         raise InvalidInputError('give either a TEXT argument or --input FILE.jsonl')
@@ -277,6 +282,13 @@ def run_extract(args: Namespace) -> int:
         )
     if getattr(args, "lang", None) is not None and args.server:
         raise InvalidInputError("--lang is the served model's setting (recorded in its padellm.json), not a request's")
+    in_process = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size"}
+    given = [flag for name, flag in in_process.items() if getattr(args, name, None) is not None]
+    if args.server and given:
+        raise InvalidInputError(f"{', '.join(given)}: the server's model decides (padellm-ner serve {given[0]} ...), not a request")
+    for name, value in MODEL_DEFAULTS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     if args.server:
         extract, close = _server_extractor(args)
     else:

@@ -169,6 +169,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["Japan .", "--server", "127.0.0.1:1", "--root-cert", "missing.pem"], "root_certificates file not found"),
         (["Japan \udcff ."], "text is not valid Unicode at character 6"),
         (["Japan .", "--server", ""], "--server is empty"),
+        (["Japan .", "--server", "127.0.0.1:1", "--model", "x", "--dtype", "float32"],
+         "--model, --dtype: the server's model decides"),
         (["Japan .", "--server", "127.0.0.1:1", "--lang", "zh"], "--lang is the served model's setting"),
         (["--input", ".", "--output", "o.jsonl"], "is a folder, not a JSONL file"),
         (["Japan .", "--labels", "PER\u2028LOC"], "--labels[0] contains the control character"),
