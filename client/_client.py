@@ -80,10 +80,14 @@ class ClientState(enum.Enum):
 _MAX_TIMEOUT_S = 10_000_000.0  # ~116 days; larger deadlines overflow and fail at once
 
 
+#: gRPC's own target forms (``dns:///host:port``, ``unix:/path``): passed to gRPC as they are
+_GRPC_TARGETS = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
+
+
 def _check_port(url: str) -> None:
     """``host:port`` must name its port (gRPC would quietly use 443) and a real one
     (``:99999`` was taken modulo 65536); gRPC target forms (``unix:``, ``dns:``) pass."""
-    if url.startswith(("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")):
+    if url.startswith(_GRPC_TARGETS):
         return
     host, sep, port = url.rpartition(":")
     if not sep or not host or (":" in host and not (host.startswith("[") and host.endswith("]"))):
@@ -139,7 +143,7 @@ class _BaseClient:
     ) -> None:
         if not isinstance(url, str) or not url:
             raise ValueError(f"url must be a non-empty 'host:port' string, got {url!r}")
-        if "://" in url:
+        if "://" in url and not url.startswith(_GRPC_TARGETS):
             raise ValueError(f"url is 'host:port' without a scheme (use ssl=True for TLS): {url!r}")
         _check_port(url)
         if not isinstance(model_name, str) or not model_name:

@@ -408,7 +408,7 @@ def test_bad_configuration():
     for url in ("127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:http"):
         with pytest.raises(ValueError, match="the port must be a number from 1 to 65535"):
             AsyncNERClient(url)
-    for url in ("[::1]:8001", "localhost:8001", "unix:/tmp/triton.sock"):
+    for url in ("[::1]:8001", "localhost:8001", "unix:/tmp/triton.sock", "dns:///localhost:8001"):
         NERClient(url).close()
     with pytest.raises(ValueError, match="ssl=False"):
         NERClient("127.0.0.1:8001", root_certificates="/nonexistent/ca.pem")
