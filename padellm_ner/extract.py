@@ -242,8 +242,6 @@ def _parse_line(
     if labels is not None and not isinstance(labels, list | tuple):
         # NOTE: a bare string would be read as its letters; check_labels checks the items
         raise InvalidInputError('"labels" must be a list of strings, e.g. ["PER", "LOC"]')
-    if not item["text"].strip():
-        raise InvalidInputError("the text is empty")
     check_text(item["text"])
     return item.get("id", number), item["text"], check_labels(labels) if labels is not None else None
 
@@ -282,8 +280,7 @@ def run_extract(args: Namespace) -> int:
         )
     if getattr(args, "lang", None) is not None and args.server:
         raise InvalidInputError("--lang is the served model's setting (recorded in its padellm.json), not a request's")
-    in_process = {"model": "--model", "device": "--device", "dtype": "--dtype", "max_batch_size": "--max-batch-size"}
-    given = [flag for name, flag in in_process.items() if getattr(args, name, None) is not None]
+    given = [f"--{name.replace('_', '-')}" for name in MODEL_DEFAULTS if getattr(args, name, None) is not None]
     if args.server and given:
         raise InvalidInputError(f"{', '.join(given)}: the server's model decides (padellm-ner serve {given[0]} ...), not a request")
     for name, value in MODEL_DEFAULTS.items():

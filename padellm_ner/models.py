@@ -167,6 +167,19 @@ def resolve_model_dir(name_or_path: str) -> Path:
     return path
 
 
+def same_model(a: str | None, b: str) -> bool:
+    """Whether two ways of naming a model (a short name, relative and absolute paths) name
+    one model. Two short names are compared as names, so no base is converted for it."""
+    if a is None:
+        return False
+    if a == b or (a in BASE_MODELS and b in BASE_MODELS):
+        return a == b
+    try:
+        return resolve_model_dir(a).resolve() == resolve_model_dir(b).resolve()
+    except Exception:  # noqa: BLE001 - a model that no longer resolves is simply not the same
+        return False
+
+
 def adapter_base(path: Path) -> str | None:
     """The base model an adapter folder names (a short name or an absolute folder), or None."""
     cfg = path / "adapter_config.json"

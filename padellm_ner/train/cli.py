@@ -123,18 +123,11 @@ def _adopt_adapter_shape(args: argparse.Namespace, init: Path) -> None:
     """A warm start continues the adapter as it is: its base must be ``--base`` (peft
     failed on a tensor size otherwise) and its rank and alpha are the run's (they were
     recorded from --lora-r/--lora-alpha, which the adapter ignores)."""
-    from padellm_ner.models import adapter_base, resolve_model_dir
+    from padellm_ner.models import adapter_base, same_model
 
     cfg = json.loads((init / "adapter_config.json").read_text())
     base = adapter_base(init)
-    if base == args.base or (base in BASE_MODELS and args.base in BASE_MODELS):
-        same = base == args.base  # NOTE: names compared as names (no conversion of a base)
-    else:
-        try:
-            same = resolve_model_dir(base).resolve() == resolve_model_dir(args.base).resolve()
-        except PadellmError:
-            same = False
-    if not same:
+    if not same_model(base, args.base):
         raise InvalidInputError(f"--init-adapter {init} was trained on {base}, not on --base {args.base}")
     r, alpha = int(cfg.get("r", args.lora_r)), int(cfg.get("lora_alpha", args.lora_alpha))
     if (r, alpha) != (args.lora_r, args.lora_alpha):

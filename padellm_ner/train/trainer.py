@@ -30,6 +30,7 @@ from padellm_ner.models import (
     load_tokenizer,
     pick_device,
     resolve_model_dir,
+    same_model,
 )
 from padellm_ner.train.dataset import (
     PackedUnit,
@@ -187,16 +188,6 @@ def _truncate_log(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
-def _same_folder(a: str | None, b: str) -> bool:
-    """Two ways of naming one base model (a short name, relative and absolute paths)."""
-    if a is None:
-        return False
-    try:
-        return resolve_model_dir(a).resolve() == resolve_model_dir(b).resolve()
-    except Exception:  # noqa: BLE001 - a base that no longer resolves is simply not the same
-        return a == b
-
-
 class Trainer:
     """Fine-tunes ``config.base`` on tokenized pairs and saves the result to ``config.out``."""
 
@@ -325,7 +316,7 @@ class Trainer:
 
         state = torch.load(path / _STATE_FILE, map_location="cpu", weights_only=False)
         saved, ours = dict(state.get("config") or {}), asdict(self.config)
-        if _same_folder(saved.get("base"), ours["base"]):
+        if same_model(saved.get("base"), ours["base"]):
             saved["base"] = ours["base"]  # NOTE: "tiny" and "./tiny" are one base
         differ = [f"{key} {saved[key]!r} -> {ours[key]!r}" for key in _RESUME_MUST_MATCH
                   if key in saved and saved[key] != ours[key]]  # fmt: skip
