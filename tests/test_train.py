@@ -322,6 +322,10 @@ def test_stop_at_step_keeps_the_planned_schedule(
     }
     assert lr["cut"][-1] == pytest.approx(lr["full"][2]) and lr["cut"][-1] > lr["short"][-1]
     assert latest_checkpoint(tmp_path / "cut").name == "step-3"
+    # the same command again with --resume is done already: it used to train step 4
+    again = run("cut", max_steps=6, stop_at_step=3, resume=True)
+    assert (again.steps, again.losses) == (3, cut.losses)
+    assert latest_checkpoint(tmp_path / "cut").name == "step-3"
 
 
 def test_fit_total_steps_only_shortens() -> None:

@@ -467,7 +467,10 @@ class Trainer:
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        while step < total:
+        if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+            # NOTE: a resume at or past --stop-at-step used to train one step more.
+            logger.warning("step %d already reaches --stop-at-step %d: nothing to train", step, cfg.stop_at_step)
+        while step < total and (cfg.stop_at_step is None or step < cfg.stop_at_step):
             if pos >= len(plan(epoch)):
                 epoch, pos = epoch + 1, 0
             current = plan(epoch)[pos]
