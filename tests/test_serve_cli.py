@@ -83,11 +83,20 @@ def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
     log_path = tmp_path / "serve.log"
     text = " ".join(["Angela Merkel met Barack Obama in Berlin and Paris ."] * 6)
+    # its temporary repository goes under TMPDIR, where a SIGKILLed serve left one
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    stale = tmp / "padellm-repo-stale"
+    (stale / "padellm").mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale.with_name(stale.name + ".owner").write_text(json.dumps({"pid": dead.pid, "start": "0"}))
     with log_path.open("w") as log:
         serve = subprocess.Popen(
             [*CLI, "serve", "--model", "smollm2-135m", "--grpc-port", str(grpc_port),
              "--http-port", str(http_port), "--metrics-port", str(metrics_port)],
-            stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, env={**ENV, "TMPDIR": str(tmp)},
+            start_new_session=True,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 600
@@ -95,6 +104,9 @@ def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
                 assert serve.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "serve did not become ready"
                 time.sleep(1)
+            assert not stale.exists()
+            (repo,) = (p for p in tmp.glob("padellm-repo-*") if p.is_dir())
+            assert (repo / "padellm" / "config.pbtxt").is_file()
             url = f"127.0.0.1:{grpc_port}"
             with NERClient(url, timeout=300) as client:
                 expected = client.extract(text)
@@ -121,6 +133,7 @@ def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
             assert results == [expected] * 3, results
             assert serve.wait(timeout=120) == 0, log_path.read_text()
             assert "still busy" not in log_path.read_text()
+            assert not repo.exists() and not repo.with_name(repo.name + ".owner").exists()
         finally:
             if serve.poll() is None:
                 os.killpg(serve.pid, signal.SIGKILL)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import signal
-import tempfile
 from pathlib import Path
 
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.labels import check_labels
 from padellm_ner.serving.loopback_tls import LoopbackTLS, check_loopback, loopback_tls
+from padellm_ner.serving.temp_repo import make_temp_repo, remove_temp_repo, sweep_stale_repos
 from padellm_ner.serving.triton_server import (
     TritonServer,
     TritonServerError,
@@ -157,7 +156,9 @@ def run_serve(args: argparse.Namespace) -> int:
     temp = args.repository is None
     if not temp and Path(args.repository).exists() and not Path(args.repository).is_dir():
         raise InvalidInputError(f"--repository {args.repository} is a file; give a folder")
-    repo = Path(tempfile.mkdtemp(prefix="padellm-repo-")) if temp else Path(args.repository)
+    if temp:
+        sweep_stale_repos()  # NOTE: what SIGKILLed serves left behind
+    repo = make_temp_repo() if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()
     if not temp and repo.exists() and any(repo.iterdir()) and not ours:
         raise InvalidInputError(f"--repository {repo} is not empty and not a padellm-ner repository")
@@ -213,4 +214,4 @@ def run_serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.stop()
         if temp:
-            shutil.rmtree(repo, ignore_errors=True)
+            remove_temp_repo(repo)
