@@ -246,9 +246,49 @@ def test_dry_run_merges_an_adapter_first(
     out = tmp_path / "out"
     assert main(["--model", str(adapter), "--profile", "h100", "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("# merge LoRA adapter") for line in printed)
+    assert any("merge the LoRA adapter into its base" in line for line in printed)
+    assert not any("untie" in line for line in printed)  # the base does not tie
     convert = shlex.split(next(line for line in printed if "convert_checkpoint.py" in line))
     assert convert[convert.index("--model_dir") + 1] == str(out / "hf")
+
+
+def test_tied_embeddings_are_untied_before_the_convert_script(tmp_path: Path) -> None:
+    """SmolLM2 ties its head to its embeddings: its safetensors has no ``lm_head.weight``,
+    which TensorRT-LLM's full-model convert path (SmoothQuant, int8 KV) reads and fails on
+    (NVIDIA/TensorRT-LLM#2677). The build writes an untied copy with the same logits."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from tests.model_cache import make_tiny_llama
+    from padellm_build.trtllm.engine_build import plan_build, ties_embeddings, write_hf_dir
+    from padellm_ner.models import resolve_model_dir
+
+    assert ties_embeddings(resolve_model_dir("smollm2-135m"))  # the real base does
+    default = plan_build("default", get_profile("h100"), tmp_path / "d", Path("/x"))
+    assert default.is_adapter and default.untie and default.hf_dir == tmp_path / "d" / "hf"
+
+    tied = make_tiny_llama(tmp_path / "tied", tie_word_embeddings=True)
+    with safe_open(str(tied / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    plan = plan_build(str(tied), get_profile("a100"), tmp_path / "out", Path("/x"))
+    assert plan.untie and not plan.is_adapter and plan.hf_dir == tmp_path / "out" / "hf"
+    assert shlex.join(plan.commands[0]).count(f"--model_dir {plan.hf_dir}") == 1
+    write_hf_dir(plan.source_dir, plan.hf_dir, "float32", plan.untie)
+    with safe_open(str(plan.hf_dir / "model.safetensors"), "pt") as f:
+        head, embed = f.get_tensor("lm_head.weight"), f.get_tensor("model.embed_tokens.weight")
+    assert torch.equal(head, embed)
+    assert not ties_embeddings(plan.hf_dir) and (plan.hf_dir / "tokenizer_config.json").exists()
+    ids = torch.tensor([[1, 5, 9, 2]])
+    before = AutoModelForCausalLM.from_pretrained(tied).eval()
+    after = AutoModelForCausalLM.from_pretrained(plan.hf_dir).eval()
+    assert after.lm_head.weight.data_ptr() != after.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        assert torch.allclose(before(ids).logits, after(ids).logits, atol=1e-6)
+
+    untied = make_tiny_llama(tmp_path / "untied", tie_word_embeddings=False)
+    plain = plan_build(str(untied), get_profile("a100"), tmp_path / "o2", Path("/x"))
+    assert not plain.untie and plain.hf_dir == untied  # converted in place, nothing copied
 
 
 def test_build_without_trtllm_is_a_clear_error(

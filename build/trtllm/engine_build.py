@@ -3,9 +3,15 @@
 Two steps, as in NVIDIA's examples: ``examples/models/core/<family>/convert_checkpoint.py``
 turns a Hugging Face folder into a TensorRT-LLM checkpoint, then ``trtllm-build`` compiles
 the engine with the limits of a build profile (``padellm_build.trtllm.profiles``). A LoRA
-adapter is merged into its base first (the engine serves one merged model).
+adapter is merged into its base first (the engine serves one merged model). A model with
+tied embeddings (SmolLM2: no ``lm_head.weight`` in its safetensors) is written out with
+the head as its own tensor first: some of TensorRT-LLM's convert paths read
+``lm_head.weight`` and fail with a KeyError without it (the full-model path used by
+SmoothQuant and int8 KV cache, NVIDIA/TensorRT-LLM#2677), others copy the embedding; an
+untied copy converts the same on all of them.
 
-Layout under ``--out``: ``hf/`` (merged model, adapters only), ``checkpoint/``, ``engine/``.
+Layout under ``--out``: ``hf/`` (merged and/or untied model, when needed), ``checkpoint/``,
+``engine/``.
 Run it inside NVIDIA's Triton TensorRT-LLM container on the GPU you will serve on
 (``--dry-run`` prints the commands anywhere).
 
@@ -38,7 +44,8 @@ __all__ = [
     "plan_build",
     "convert_command",
     "build_command",
-    "merge_adapter",
+    "ties_embeddings",
+    "write_hf_dir",
     "main",
 ]
 
@@ -63,8 +70,10 @@ class BuildPlan:
 
     Attributes:
         source_dir: the resolved ``--model`` folder (HF model or LoRA adapter).
-        hf_dir: the HF folder given to the convert script (``out/hf`` for an adapter).
+        hf_dir: the HF folder given to the convert script (``out/hf`` when written here).
         is_adapter: ``source_dir`` is a LoRA adapter that must be merged into ``hf_dir``.
+        untie: the model ties its head to its embeddings; ``hf_dir`` gets a separate
+            ``lm_head.weight``.
         checkpoint_dir: TensorRT-LLM checkpoint folder.
         engine_dir: engine folder (``gpt_model_path`` of the Triton model).
         commands: the convert and build command lines.
@@ -73,6 +82,7 @@ class BuildPlan:
     source_dir: Path
     hf_dir: Path
     is_adapter: bool
+    untie: bool
     checkpoint_dir: Path
     engine_dir: Path
     commands: tuple[tuple[str, ...], ...]
@@ -130,6 +140,16 @@ def _architecture(hf_dir: Path) -> str:
     return str(architectures[0])
 
 
+def ties_embeddings(hf_dir: Path) -> bool:
+    """The HF config ties the output head to the input embeddings (Llama's default: not)."""
+    config = hf_dir / "config.json"
+    if not config.exists():
+        return False
+    data = json.loads(config.read_text())
+    text = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
+    return bool(data.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+
+
 def _adapter_base_dir(adapter_dir: Path) -> Path:
     from padellm_ner.models import adapter_base, resolve_model_dir
 
@@ -160,8 +180,9 @@ def plan_build(
 
     source = resolve_model_dir(model)
     is_adapter = (source / "adapter_config.json").exists() and not (source / "config.json").exists()
-    hf_dir = out / "hf" if is_adapter else source
     arch_dir = _adapter_base_dir(source) if is_adapter else source
+    untie = ties_embeddings(arch_dir)
+    hf_dir = out / "hf" if is_adapter or untie else source
     checkpoint_dir, engine_dir = out / "checkpoint", out / "engine"
     commands = (
         tuple(
@@ -171,17 +192,33 @@ def plan_build(
         ),
         tuple(build_command(checkpoint_dir, engine_dir, profile)),
     )
-    return BuildPlan(source, hf_dir, is_adapter, checkpoint_dir, engine_dir, commands)
+    return BuildPlan(source, hf_dir, is_adapter, untie, checkpoint_dir, engine_dir, commands)
 
 
-def merge_adapter(adapter_dir: Path, hf_dir: Path, dtype: str = "bfloat16") -> None:
-    """Fold a LoRA adapter into its base and save a plain HF folder (weights + tokenizer)."""
+def write_hf_dir(source: Path, hf_dir: Path, dtype: str = "bfloat16", untie: bool = False) -> None:
+    """Save ``source`` as a plain HF folder (weights + tokenizer) for the convert script.
+
+    A LoRA adapter is folded into its base. With ``untie`` the output head becomes its own
+    tensor (a copy of the embeddings) and the config says so, so ``lm_head.weight`` is in
+    the safetensors; the logits are unchanged.
+    """
+    import torch
+
     from padellm_ner.models import load_model
 
-    loaded = load_model(str(adapter_dir), device="cpu", dtype=dtype, merge_adapter=True)
+    loaded = load_model(str(source), device="cpu", dtype=dtype, merge_adapter=True)
+    model = loaded.model
+    if untie:
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr():
+            head.weight = torch.nn.Parameter(embed.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        text_config = getattr(model.config, "text_config", None)
+        if text_config is not None and hasattr(text_config, "tie_word_embeddings"):
+            text_config.tie_word_embeddings = False
     tmp = hf_dir.with_name(hf_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    loaded.model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True)
     loaded.tokenizer.save_pretrained(tmp)
     shutil.rmtree(hf_dir, ignore_errors=True)
     tmp.rename(hf_dir)  # NOTE: a crash mid-way leaves only the .tmp folder
@@ -204,9 +241,9 @@ def _check_tools(plan: BuildPlan) -> None:
 
 def _run(plan: BuildPlan, profile: BuildProfile) -> None:
     _check_tools(plan)
-    if plan.is_adapter:
-        logger.info("merging adapter %s into %s", plan.source_dir, plan.hf_dir)
-        merge_adapter(plan.source_dir, plan.hf_dir, profile.dtype)
+    if plan.hf_dir != plan.source_dir:
+        logger.info("writing %s from %s (%s)", plan.hf_dir, plan.source_dir, _hf_step(plan))
+        write_hf_dir(plan.source_dir, plan.hf_dir, profile.dtype, plan.untie)
     for command in plan.commands:
         logger.info("running %s", shlex.join(command))
         try:
@@ -215,13 +252,17 @@ def _run(plan: BuildPlan, profile: BuildProfile) -> None:
             raise EngineBuildError(f"{command[0]} failed with exit code {exc.returncode}") from exc
 
 
+def _hf_step(plan: BuildPlan) -> str:
+    steps = (["merge the LoRA adapter into its base"] if plan.is_adapter else []) + (
+        ["untie the embeddings (lm_head.weight as its own tensor)"] if plan.untie else []
+    )
+    return "; ".join(steps)
+
+
 def _print_plan(plan: BuildPlan, profile: BuildProfile) -> None:
     print(f"# profile {profile.name}: {profile.gpu}, sm{profile.sm}, {profile.dtype}")
-    if plan.is_adapter:
-        print(
-            f"# merge LoRA adapter {plan.source_dir} into its base -> {plan.hf_dir} "
-            "(padellm_ner.models.load_model(merge_adapter=True) + save_pretrained)"
-        )
+    if plan.hf_dir != plan.source_dir:
+        print(f"# {plan.source_dir} -> {plan.hf_dir}: {_hf_step(plan)} (engine_build.write_hf_dir)")
     for command in plan.commands:
         print(shlex.join(command))
     if profile.fp8_note:
