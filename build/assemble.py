@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from padellm_build.fill_template import fill, placeholders
-from padellm_ner.cli_types import MAX_BATCH_WINDOW_US, int_between
+from padellm_ner.cli_types import int_between
 from padellm_ner.errors import PadellmError
+from padellm_ner.limits import MAX_BATCH_WINDOW_US
 from padellm_ner.model_info import META_FILE, read_model_info
 from padellm_ner.serving.loopback_tls import LoopbackTLS
 

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Sequence
 
 from padellm_ner.cli_types import (
-    MAX_BATCH_WINDOW_US,
     float_above,
     float_at_least,
     fraction,
@@ -23,6 +22,7 @@ from padellm_ner.cli_types import (
 )
 from padellm_ner.errors import PadellmError
 from padellm_ner.extract import MODEL_DEFAULTS
+from padellm_ner.limits import MAX_BATCH_WINDOW_US
 from padellm_ner.models import DTYPES
 
 __all__ = ["main", "build_parser"]

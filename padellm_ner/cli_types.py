@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["MAX_BATCH_WINDOW_US", "int_at_least", "int_between", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
+__all__ = ["int_at_least", "int_between", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
 
 
-#: the longest ``--batch-window-us`` (10 s): a batching window, not a timer (a value over
-#: threading.TIMEOUT_MAX killed the engine thread while the server still said ready)
-MAX_BATCH_WINDOW_US = 10_000_000
 
 
 def _number(value: str, kind: type[int] | type[float]) -> int | float:

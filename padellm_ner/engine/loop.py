@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from padellm_ner.cli_types import MAX_BATCH_WINDOW_US
 from padellm_ner.engine.core import EngineCore, StepOutput
 from padellm_ner.engine.runner import EngineStats
 from padellm_ner.errors import InvalidInputError
+from padellm_ner.limits import MAX_BATCH_WINDOW_US
 from padellm_ner.llm import GenerationRequest
 
 __all__ = ["EngineLoop", "StepCallback"]
