@@ -199,10 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--server", help="a loopback server at host:port (gRPC)")
     where.add_argument("--model", help="in process instead: this model's engine and plan under the "
                                        "same concurrency, no Triton (what serving adds is the difference)")
-    b.add_argument("--device", default="auto", help="--model: cpu, cuda, cuda:N or auto")
-    b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES, help="--model: the weights' dtype")
-    b.add_argument("--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US), default=5000,
-                   help="--model: when idle, wait this long for more requests before a step (as served)")
+    # NOTE: defaults None: with --server they are refused (the server's model decides);
+    # bench.load.IN_PROCESS_DEFAULTS fills them for --model
+    b.add_argument("--device", default=None, help="--model: cpu, cuda, cuda:N or auto (default)")
+    b.add_argument("--dtype", default=None, choices=_DTYPE_CHOICES,
+                   help="--model: the weights' dtype (default auto)")
+    b.add_argument("--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US), default=None,
+                   help="--model: when idle, wait this long for more requests before a step, "
+                        "as served (default 5000)")
     b.add_argument("--dataset", default="conll2003")
     b.add_argument("--limit", type=int_at_least(1), default=200)
     b.add_argument("--concurrency", default="1,4,16,64")

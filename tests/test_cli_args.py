@@ -128,6 +128,10 @@ def test_bench_output_folder_is_checked_before_the_run(tmp_path, capsys) -> None
     assert main(["bench", "load", "--model", "default", "--metrics-url", "http://127.0.0.1:8002/metrics",
                  "--out", str(tmp_path / "o")]) == 2
     assert "--metrics-url reads a server's counters" in capsys.readouterr().err
+    # and the in-process settings the other way round: a server's model has its own
+    assert main(["bench", "load", "--server", "127.0.0.1:8001", "--dtype", "float32",
+                 "--batch-window-us", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--dtype, --batch-window-us: options of an in-process run (--model)" in capsys.readouterr().err
 
 
 def test_serve_with_tensorrtllm_says_what_it_needs(tmp_path, capsys) -> None:

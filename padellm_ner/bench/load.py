@@ -49,6 +49,8 @@ MAX_REQUESTS_PER_LEVEL = 20_000
 #: Per-request deadline, seconds.
 REQUEST_TIMEOUT = 60.0
 
+#: ``bench load --model`` settings (the served model has its own, so --server refuses them)
+IN_PROCESS_DEFAULTS = {"device": "auto", "dtype": "auto", "batch_window_us": 5000}
 _COMMAND_KEYS = (
     "server",
     "dataset",
@@ -386,12 +388,22 @@ def run_load_cli(args: Any) -> int:
     from padellm_ner.data import load_split
 
     model = getattr(args, "model", None)
+    given = [f"--{n.replace('_', '-')}" for n in IN_PROCESS_DEFAULTS if getattr(args, n, None) is not None]
     if not model:
+        if given:
+            raise InvalidInputError(
+                f"{', '.join(given)}: options of an in-process run (--model); with --server "
+                f"the served model decides (padellm-ner serve {given[0]} ...)"
+            )
         check_loopback(args.server)
     elif getattr(args, "metrics_url", None):
         raise InvalidInputError(
             "--metrics-url reads a server's counters; with --model the engine's own are reported"
         )
+    else:
+        for name, value in IN_PROCESS_DEFAULTS.items():
+            if getattr(args, name, None) is None:
+                setattr(args, name, value)
     report.output_dir(args.out)
     levels = parse_concurrency(args.concurrency)
     texts = [ex.text for ex in load_split(args.dataset, "test") if ex.text.strip()]
