@@ -85,7 +85,7 @@ def test_train_inputs_are_checked_before_anything_loads(tmp_path, capsys) -> Non
     a_file.write_text("x")
     untagged = tmp_path / "untagged"
     untagged.mkdir()
-    (untagged / "train.txt").write_text("hello world\nthis is not conll\n")
+    (untagged / "train.txt").write_text("hello O\nworld O\n")  # CoNLL without an entity
     newline_word, same_words = tmp_path / "newline.json", tmp_path / "same.json"
     newline_word.write_text('{"PER": "per\\nson", "LOC": "LOC"}')
     same_words.write_text('{"PER": "X", "LOC": "X"}')

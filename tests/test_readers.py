@@ -204,3 +204,127 @@ def test_json_lines_spans_outside_the_sentence_are_an_error_with_file_and_line(
     path.write_text(json.dumps({"tokens": ["ok"], "entity_mentions": []}) + "\n" + json.dumps(record) + "\n")
     with pytest.raises(InvalidInputError, match=rf"test.json:2: .*{re.escape(message)}"):
         read_jsonlines(path, "test", "en")
+
+
+def test_a_users_folder_named_like_a_shared_dataset_is_read_by_its_content(tmp_path, monkeypatch) -> None:
+    """``./resume`` holding English CoNLL used to be read as the shared Chinese Resume:
+    tokens glued without spaces and Chinese prompt words for its tags."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resume").mkdir()
+    (tmp_path / "resume" / "test.txt").write_text("EU B-ORG\nrejects O\nPeter B-NAME\nBlackburn I-NAME\n\n")
+    (ex,) = load_split("resume", "test")
+    assert ex.text == "EU rejects Peter Blackburn" and ex.lang == "en"
+    info = dataset_info("resume")
+    assert info.lang == "en" and info.label_words == {"ORG": "ORG", "NAME": "NAME"}
+    # the shared one, by name or by its path, keeps its words
+    assert dataset_info(str(datasets_root() / "resume")).word("NAME") == "人名"
+
+
+def test_chinese_json_lines_with_escapes_are_chinese(tmp_path) -> None:
+    """json.dumps writes \\u5f20 escapes by default: the raw file has no CJK character."""
+    from padellm_ner.data.readers import detect_lang
+
+    path = tmp_path / "test.jsonl"
+    record = {"doc_id": "d1", "sent_id": 1, "tokens": list("张三在北京"),
+              "entity_mentions": [{"start": 0, "end": 2, "entity_type": "PER"}]}  # fmt: skip
+    path.write_text(json.dumps(record) + "\n")
+    assert "\\u5f20" in path.read_text() and detect_lang(path) == "zh"
+    (ex,) = load_split(str(tmp_path), "test")
+    assert ex.text == "张三在北京" and ex.entities[0].text == "张三"
+
+
+def test_two_files_for_one_split_are_an_error_and_names_are_case_blind(tmp_path) -> None:
+    (tmp_path / "Test.txt").write_text("Paris B-LOC\n\n")
+    (tmp_path / "VALIDATION.conll").write_text("Rome B-LOC\n\n")
+    assert load_split(str(tmp_path), "test")[0].text == "Paris"
+    assert load_split(str(tmp_path), "validation")[0].text == "Rome"  # the dev split
+    (tmp_path / "test.bak").write_text("x B-FOO\n\n")
+    with pytest.raises(InvalidInputError, match=r"2 files could be the 'test' split \(Test.txt, test.bak\)"):
+        split_path(str(tmp_path), "test")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("Peter B-PER\nJones I_PER\n", "test.txt:2: tag 'I_PER' is not O or B-/I-/E-/S-/M-TYPE"),
+        ("Peter b-per\n", "test.txt:1: tag 'b-per'"),
+        ("# sent_id = 1\nPeter B-PER\n", "test.txt:1: tag '1'"),
+        ("Peter B-PER\n\nJones\n", "test.txt:3: expected 'token tag' columns, got 'Jones'"),
+    ],
+)
+def test_malformed_tagged_lines_are_errors_with_file_and_line(tmp_path, content: str, message: str) -> None:
+    """A typo'd tag used to be read as O: its entities vanished from the gold data."""
+    from padellm_ner.data.readers import read_file
+
+    path = tmp_path / "test.txt"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
+        read_file(path, "test", "en")
+
+
+def test_encoding_and_format_edge_cases(tmp_path) -> None:
+    from padellm_ner.data.readers import read_file
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Paris B-LOC\n\nK\xf6ln B-LOC\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"latin.txt:3: not UTF-8 \(byte 0xf6\)"):
+        read_file(latin, "test", "en")
+    brace = tmp_path / "brace.txt"  # a CoNLL file whose first token is '{'
+    brace.write_text("{ O\nParis B-LOC\n}\tO\n")
+    (ex,) = read_file(brace, "test")
+    assert ex.text == "{ Paris }" and ex.entities[0].text == "Paris"
+    years = tmp_path / "years.txt"  # tokens ending in digits are not Weibo's
+    years.write_text("1990 B-DATE\nand O\n2000 B-DATE\n".replace("and O", "x1 O"))
+    assert detect_format(years).strip_digit is False
+    assert [e.text for e in read_file(years, "test")[0].entities] == ["1990", "2000"]
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"tokens": ["Peter", "x"], "entity_mentions": [{"start": 0, "end": 1, "entity_type": " PER"}]},
+         "entity_type ' PER' has spaces around it"),
+        ({"tokens": ["Peter", "x"], "entity_mentions": [{"start": 0, "end": 1, "entity_type": ""}]},
+         "entity_type '' is not a label name"),
+        ({"tokens": ["Peter", "x"], "entity_mentions": [{"start": 0.7, "end": 1, "entity_type": "PER"}]},
+         "start 0.7 is not an integer offset"),
+        ({"tokens": ["Peter", "x"], "entity_mentions": [{"start": False, "end": 1, "entity_type": "PER"}]},
+         "start False is not an integer offset"),
+        ({"tokens": "hello", "entity_mentions": []}, "tokens must be a list of strings"),
+        ({"tokens": ["a", "", "b"], "entity_mentions": []}, "token 1 is empty"),
+        ({"sentence": "x"}, 'expected {"tokens": [...]'),
+        ({"text": " ", "entities": []}, "the sentence has no text"),
+    ],
+)
+def test_malformed_json_lines_records_are_errors_with_file_and_line(tmp_path, record, message) -> None:
+    from padellm_ner.data.readers import read_jsonlines
+
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps({"tokens": ["ok"]}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(InvalidInputError, match=rf"test.jsonl:2: .*{re.escape(message)}"):
+        read_jsonlines(path, "test", "en")
+
+
+def test_character_offset_json_lines_are_gold_data(tmp_path) -> None:
+    """``extract --output`` lines, corrected by hand, read back as a dataset."""
+    from padellm_ner.data.readers import read_jsonlines
+
+    path = tmp_path / "test.jsonl"
+    lines = [
+        {"id": 0, "text": "Japan beat Korea .", "entities": [
+            {"label": "LOC", "text": "Korea", "start": 11, "end": 16, "score": 0.9},
+            {"label": "LOC", "text": "Japan", "start": 0, "end": 5, "score": 0.99}]},
+        {"text": "Nothing here .", "entities": []},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    first, second = read_jsonlines(path, "test", "en")
+    assert [(e.label, e.text, e.start, e.end) for e in first.entities] == [
+        ("LOC", "Japan", 0, 5), ("LOC", "Korea", 11, 16)]
+    assert second.entities == [] and detect_format(path).kind == "jsonlines"
+    lines[0]["entities"][0]["start"] = 10  # " Korea" is not what the record says
+    path.write_text(json.dumps(lines[0]) + "\n")
+    with pytest.raises(InvalidInputError, match=r"test.jsonl:1: entities LOC \[10, 16\) is ' Korea' in the text, not 'Korea'"):
+        read_jsonlines(path, "test", "en")
+    path.write_text(json.dumps({"text": "Japan", "entities": [{"label": "LOC", "start": 0, "end": 9}]}) + "\n")
+    with pytest.raises(InvalidInputError, match=r"LOC \[0, 9\) is not a span of the 5 characters"):
+        read_jsonlines(path, "test", "en")

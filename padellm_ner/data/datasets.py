@@ -136,12 +136,32 @@ def dataset_dir(name_or_path: str | os.PathLike[str]) -> Path:
     )
 
 
+def _canonical_split(split: str) -> str:
+    """``validation`` -> ``dev``, ``Test`` -> ``test``; other names as given."""
+    for canonical, aliases in _SPLIT_ALIASES.items():
+        if split.lower() in aliases:
+            return canonical
+    return split
+
+
 def _find_split(folder: Path, split: str) -> Path | None:
-    for alias in _SPLIT_ALIASES.get(split, (split,)):
-        hits = sorted(p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0] == alias)
-        if hits:
-            return hits[0]
-    return None
+    """The one file of ``split`` (``test.txt``, ``Test.bmes``, ``valid.conll`` for dev).
+
+    Raises:
+        InvalidInputError: two files could be the split (``test.txt`` and ``test.bak``):
+            reading the first by name would evaluate the wrong one without a word.
+    """
+    split = _canonical_split(split)
+    aliases = _SPLIT_ALIASES.get(split, (split,))
+    hits = sorted(
+        p for p in folder.iterdir() if p.is_file() and p.name.split(".")[0].lower() in aliases
+    )
+    if len(hits) > 1:
+        raise InvalidInputError(
+            f"{folder}: {len(hits)} files could be the {split!r} split "
+            f"({', '.join(p.name for p in hits)}); keep one, or move the others out"
+        )
+    return hits[0] if hits else None
 
 
 def available_splits(name_or_path: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -161,16 +181,43 @@ def split_path(name_or_path: str | os.PathLike[str], split: str) -> Path:
     return path
 
 
+def _builtin_name(name_or_path: str | os.PathLike[str]) -> str | None:
+    """The shared dataset this is (by name or by its path), or None for a user's folder.
+
+    Why: a user's ``./resume`` or ``/data/msra`` holding English data is not the shared
+    Chinese dataset of that name; its language and prompt words come from its content.
+    """
+    folder = dataset_dir(name_or_path).resolve()
+    name = folder.name
+    if name in _LANG and folder == (datasets_root() / name).resolve():
+        return name
+    return None
+
+
 def _lang_of(name_or_path: str | os.PathLike[str], path: Path) -> str:
-    return _LANG.get(str(name_or_path)) or detect_lang(path)
+    name = _builtin_name(name_or_path)
+    return _LANG[name] if name else detect_lang(path)
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    """A cache key that changes when the file does (a rewritten split is read again)."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
 @lru_cache(maxsize=32)
-def _load_cached(name_or_path: str, split: str) -> tuple[Example, ...]:
-    path = split_path(name_or_path, split)
-    examples = read_file(path, split, _lang_of(name_or_path, path))
+def _read_cached(key: tuple[str, int, int], split: str, lang: str) -> tuple[Example, ...]:
+    path = Path(key[0])
+    examples = read_file(path, split, lang)
     logger.info("read %d sentences from %s", len(examples), path)
     return tuple(examples)
+
+
+def _load(name_or_path: str | os.PathLike[str], split: str) -> tuple[Example, ...]:
+    # NOTE: keyed by the file, not the name: "resume" is ./resume in one folder and the
+    # shared dataset in another
+    path = split_path(name_or_path, split)
+    return _read_cached(_file_key(path), split, _lang_of(name_or_path, path))
 
 
 def load_split(name_or_path: str | os.PathLike[str], split: str) -> list[Example]:
@@ -180,25 +227,26 @@ def load_split(name_or_path: str | os.PathLike[str], split: str) -> list[Example
         InvalidInputError: unknown dataset, missing split or unreadable file.
     """
     # NOTE: a fresh list of the cached examples; callers must not mutate the Examples.
-    return list(_load_cached(str(name_or_path), split))
+    return list(_load(name_or_path, split))
 
 
 @lru_cache(maxsize=32)
-def _info_cached(name_or_path: str) -> DatasetInfo:
-    splits = available_splits(name_or_path)
+def _info_cached(folder: str, files: tuple[tuple[str, tuple[str, int, int]], ...]) -> DatasetInfo:
+    splits = tuple(split for split, _ in files)
     if not splits:
-        raise InvalidInputError(f"dataset {name_or_path!r} holds no train/dev/test file")
+        raise InvalidInputError(f"dataset {folder!r} holds no train/dev/test file")
     counts: Counter[str] = Counter()
     lang = "en"
-    for split in splits:
-        examples = _load_cached(name_or_path, split)
+    for split, _ in files:
+        examples = _load(folder, split)
         counts.update(e.label for ex in examples for e in ex.entities)
         lang = examples[0].lang if examples else lang
     labels = sorted(counts, key=lambda tag: (-counts[tag], tag))
-    name = name_or_path if name_or_path in _LANG else Path(name_or_path).resolve().name
-    if name in _WORDS:
-        words = {tag: _WORDS[name].get(tag, tag) for tag in labels}
-    elif name == "genia":
+    builtin = _builtin_name(folder)
+    name = builtin or Path(folder).name
+    if builtin in _WORDS:
+        words = {tag: _WORDS[builtin].get(tag, tag) for tag in labels}
+    elif builtin == "genia":
         words = {tag: tag.lower() for tag in labels}
     else:
         words = {tag: tag for tag in labels}
@@ -207,4 +255,8 @@ def _info_cached(name_or_path: str) -> DatasetInfo:
 
 def dataset_info(name_or_path: str | os.PathLike[str]) -> DatasetInfo:
     """Language, tags (most frequent first) and prompt words of a dataset."""
-    return _info_cached(str(name_or_path))
+    folder = dataset_dir(name_or_path).resolve()
+    files = tuple(
+        (split, _file_key(path)) for split in SPLITS if (path := _find_split(folder, split))
+    )
+    return _info_cached(str(folder), files)

@@ -160,7 +160,7 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 def _read_labels_file(path: str) -> dict[str, str]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # NOTE: a BOM, as in datasets
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"--labels-file {path}: {exc}") from exc
     if isinstance(data, list):
