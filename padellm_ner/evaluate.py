@@ -196,12 +196,38 @@ def _merged_shard(shards: Sequence[dict[str, Any] | None]) -> dict[str, Any] | N
                 f"the shards overlap: sentences {a0}..{a1} and {b0}..{b1} (each sentence must be "
                 "in one shard, or it is counted twice)"
             )
+        if b0 > a1:
+            # NOTE: the merged record would say "sentences skip..skip+N" of a range with a hole
+            raise InvalidInputError(
+                f"the shards leave sentences {a1}..{b0} out (between {a0}..{a1} and {b0}..{b1}); "
+                "merge the shards of one contiguous range"
+            )
     first = known[0]
     return {
         "model": first.get("model"), "dataset": first.get("dataset"), "split": first.get("split"),
         "skip": spans[0][0], "sentences": sum(b - a for a, b in spans),
         **{key: first[key] for key in ("labels", "method", "dedup") if key in first},
     }  # fmt: skip
+
+
+class SentenceError(InvalidInputError):
+    """The extractor refused sentence ``index`` (of the examples evaluated), e.g. too long."""
+
+    def __init__(self, index: int, why: str) -> None:
+        super().__init__(f"sentence #{index}: {why}")
+        self.index, self.why = index, why
+
+
+def _extract_chunk(
+    extractor: Extractor, chunk: Sequence[Example], labels: Sequence[str], at: int
+) -> list[ExtractionOutput]:
+    try:
+        return extractor.extract_batch([ex.text for ex in chunk], labels, [ex.lang for ex in chunk])
+    except InvalidInputError as exc:
+        if len(chunk) == 1:
+            raise SentenceError(at, str(exc)) from exc
+    # NOTE: which sentence of the batch? Each alone says (only on this error path).
+    return [out for j, ex in enumerate(chunk) for out in _extract_chunk(extractor, [ex], labels, at + j)]
 
 
 def evaluate_model(
@@ -233,7 +259,7 @@ def evaluate_model(
     outputs: list[ExtractionOutput] = []
     for at in range(0, len(examples), batch_sentences):
         chunk = examples[at : at + batch_sentences]
-        outputs += extractor.extract_batch([ex.text for ex in chunk], labels, [ex.lang for ex in chunk])
+        outputs += _extract_chunk(extractor, chunk, labels, at)
         bar.update(len(chunk))
     bar.close()
     for ex, out in zip(examples, outputs):
@@ -289,11 +315,22 @@ def parse_hedges(value: str | None) -> list[float]:
     return taus
 
 
+#: options of a run, which --merge would ignore (flag -> its unset value)
+_RUN_FLAGS = {"--dataset": None, "--limit": None, "--skip": 0, "--labels": None,
+              "--format": None, "--count-hedge": None}  # fmt: skip
+
+
 def run_evaluate(args: Namespace) -> int:
     from padellm_ner.data import dataset_info, load_split
     from padellm_ner.plan import Dedup, PlanConfig
 
     if getattr(args, "merge", None):
+        given = [flag for flag, unset in _RUN_FLAGS.items() if getattr(args, flag.lstrip("-").replace("-", "_"), unset) != unset]
+        if given:
+            raise InvalidInputError(
+                f"--merge combines finished reports; {', '.join(given)} would be ignored (each "
+                "shard's own run recorded what it ran)"
+            )
         return _run_merge(args)
     if not args.dataset:
         raise InvalidInputError("--dataset is required (or --merge FILE ... to combine shards)")
@@ -311,6 +348,8 @@ def run_evaluate(args: Namespace) -> int:
     examples = examples[skip:]
     if args.limit is not None:
         examples = examples[: args.limit]
+    labels = args.labels or info.labels
+    _check_before_loading(args.dataset, args.split, skip, examples, labels, bool(args.labels))
     taus = parse_hedges(getattr(args, "count_hedge", None))
     extractor = Extractor.from_pretrained(
         args.model,
@@ -326,9 +365,12 @@ def run_evaluate(args: Namespace) -> int:
         extractor.hedge_sweep = tuple(taus)
     # NOTE: the model's own label words win; the dataset's fill in the rest.
     extractor.info.label_words = {**info.label_words, **extractor.info.label_words}
-    labels = args.labels or info.labels
     # NOTE: the progress bar goes to stderr, so `--json` keeps stdout clean for a file.
-    result = evaluate_model(extractor, examples, labels, batch_sentences=args.batch_sentences)
+    try:
+        result = evaluate_model(extractor, examples, labels, batch_sentences=args.batch_sentences)
+    except SentenceError as exc:
+        where = f"{args.dataset}/{args.split} sentence #{skip + exc.index}"
+        raise InvalidInputError(f"{where} ({_clip(examples[exc.index].text)}): {exc.why}") from exc
     result.shard = {"model": _as_given(args.model), "dataset": _as_given(args.dataset),
                     "split": args.split, "skip": skip, "sentences": len(examples),
                     "labels": list(labels), "method": extractor.method,
@@ -340,6 +382,26 @@ def run_evaluate(args: Namespace) -> int:
         print(f"{args.dataset}/{args.split}: {len(examples)} sentences{where}, model {args.model}")
         print(result.format_text())
     return 0
+
+
+def _clip(text: str, size: int = 40) -> str:
+    return repr(text if len(text) <= size else text[:size] + "...")
+
+
+def _check_before_loading(
+    dataset: str, split: str, skip: int, examples: Sequence[Example], labels: Sequence[str], asked: bool
+) -> None:
+    """What the extractor would refuse mid-run, refused before the model loads: a label
+    list it cannot take (over 64, an empty name), a sentence it cannot (blank, NUL)."""
+    from padellm_ner.labels import check_labels
+    from padellm_ner.text_rules import check_text
+
+    check_labels(labels, "--labels" if asked else f"the labels of {dataset} (give fewer with --labels)")
+    for i, ex in enumerate(examples):
+        try:
+            check_text(ex.text)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{dataset}/{split} sentence #{skip + i} ({_clip(ex.text)}): {exc}") from None
 
 
 def _check_labels(asked: Sequence[str] | None, known: Sequence[str], dataset: str) -> None:

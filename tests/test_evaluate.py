@@ -236,6 +236,9 @@ def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(t
     untagged.mkdir()
     (untagged / "test.txt").write_text("hello world\nthis is not conll\n")
     assert main(["evaluate", "--dataset", str(untagged), "--split", "test"]) == 2
+    assert "test.txt:1: tag 'world' is not O or B-/I-/E-/S-/M-TYPE" in capsys.readouterr().err
+    (untagged / "test.txt").write_text("hello O\nworld O\n")  # CoNLL, but no entity at all
+    assert main(["evaluate", "--dataset", str(untagged), "--split", "test"]) == 2
     assert "tags no entity in any split" in capsys.readouterr().err
     # a shard past the end would have scored 0 sentences and exited 0
     assert main(["evaluate", "--dataset", "conll2003", "--skip", "3453"]) == 2
@@ -247,3 +250,55 @@ def test_arguments_that_would_score_nothing_are_refused_before_the_model_loads(t
     (docstart / "test.txt").write_text("-DOCSTART- -X- -X- O\n\n")
     assert main(["evaluate", "--dataset", str(docstart), "--split", "test"]) == 2
     assert f"{docstart}/test has no sentences" in capsys.readouterr().err
+
+
+def test_a_sentence_the_model_refuses_is_named(extractor: Extractor) -> None:
+    """A sentence too long for the model used to abort the run with the engine's request
+    id; the error now says which sentence, whichever batch it was decoded in."""
+    from padellm_ner.evaluate import SentenceError
+
+    class Refusing(ScriptedLLM):
+        def generate(self, requests):
+            if any("BRUSSELS" in self.codec.decode(list(r.prompt_ids)) for r in requests):
+                raise InvalidInputError("text too long for this model")
+            return super().generate(requests)
+
+    refusing = Extractor(Refusing(extractor.codec), extractor.codec)
+    for batch in (1, 2, 3):
+        with pytest.raises(SentenceError) as info:
+            evaluate_model(refusing, EXAMPLES, LABELS, progress=False, batch_sentences=batch)
+        assert info.value.index == 2 and "text too long" in info.value.why
+
+
+def test_what_the_model_would_refuse_is_refused_before_it_loads(tmp_path, capsys) -> None:
+    """A blank sentence or more than 64 labels failed mid-run, after the model loaded."""
+    from padellm_ner.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.txt").write_text("Japan B-LOC\nwins O\n\n\u3000 O\n\n")
+    assert main(["evaluate", "--dataset", str(data), "--model", "/nonexistent"]) == 2
+    assert "data/test sentence #1 ('\\u3000'): text is empty" in capsys.readouterr().err
+    many = tmp_path / "many"  # NOTE: another folder: splits are cached by path
+    many.mkdir()
+    (many / "test.txt").write_text("".join(f"w{i} B-T{i}\n" for i in range(66)) + "\n")
+    assert main(["evaluate", "--dataset", str(many), "--model", "/nonexistent"]) == 2
+    assert "the labels of" in (err := capsys.readouterr().err) and "66 labels; at most 64" in err
+
+
+def test_merge_refuses_holes_and_run_options(extractor: Extractor, tmp_path, capsys) -> None:
+    import json
+
+    from padellm_ner.cli import main
+
+    parts = [evaluate_model(extractor, EXAMPLES[:1], LABELS, progress=False),
+             evaluate_model(extractor, EXAMPLES[2:], LABELS, progress=False)]  # fmt: skip
+    run = {"model": "m", "dataset": "conll2003", "split": "test"}
+    parts[0].shard, parts[1].shard = {**run, "skip": 0, "sentences": 1}, {**run, "skip": 2, "sentences": 1}
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    for part, path in zip(parts, files):
+        path.write_text(json.dumps(part.to_dict()))
+    assert main(["evaluate", "--merge", *map(str, files)]) == 2
+    assert "the shards leave sentences 1..2 out" in capsys.readouterr().err
+    assert main(["evaluate", "--merge", str(files[0]), "--dataset", "wnut17", "--limit", "5"]) == 2
+    assert "--dataset, --limit would be ignored" in capsys.readouterr().err
