@@ -21,8 +21,8 @@ __all__ = ["run_extract", "render_table", "JsonlJob", "process_jsonl"]
 logger = logging.getLogger(__name__)
 
 UNTRAINED_NOTE = (
-    "note: this model is the UNTRAINED SmolLM2-135M base (no trained adapter is embedded "
-    "or given with --model); its entities are not meaningful."
+    "note: model {model} is an UNTRAINED base (no trained adapter is embedded or given "
+    "with --model); its entities are not meaningful."
 )
 
 DEFAULT_NOTE = (
@@ -292,7 +292,8 @@ def run_extract(args: Namespace) -> int:
         extract, trained = _local_extractor(args)
         close = lambda: None  # noqa: E731
         if not trained:
-            print(UNTRAINED_NOTE, file=sys.stderr)
+            # NOTE: it used to name SmolLM2-135M whatever --model was (gemma3-270m too)
+            print(UNTRAINED_NOTE.format(model=args.model), file=sys.stderr)
         elif args.model == "default":
             from padellm_ner.models import default_model_dir
 

@@ -211,7 +211,7 @@ def test_cli_extract_json_output_has_offsets() -> None:
         assert set(e) == {"label", "text", "start", "end", "score"}
         if e["start"] is not None:
             assert text[e["start"] : e["end"]] == e["text"]
-    assert "UNTRAINED" in proc.stderr
+    assert "model smollm2-135m is an UNTRAINED base" in proc.stderr
 
 
 def test_special_token_strings_in_text_and_labels_stay_plain_text(extract_fn) -> None:
