@@ -694,6 +694,17 @@ class AsyncNERClient(_BaseClient):
                 done = True
             except grpc.RpcError as exc:
                 raise map_exception(exc) from exc
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                cancelling = task.cancelling() if task is not None and hasattr(task, "cancelling") else 0
+                if self._state is ClientState.CLOSED and not cancelling:
+                    # NOTE: close() under a running call cancels grpc's side of it; the caller
+                    # cancelled nothing and must not get a bare CancelledError (a TaskGroup
+                    # would swallow the lost result)
+                    raise APIConnectionError(
+                        "the client was closed while this request was in flight"
+                    ) from None
+                raise
         finally:
             if not done:
                 with contextlib.suppress(Exception):

@@ -31,8 +31,18 @@ __all__ = [
 FINAL_RESPONSE_PARAM = "triton_final_response"
 
 
+def _utf8(name: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # NOTE: a lone surrogate, e.g. from bytes not UTF-8
+        raise ValueError(
+            f"{name.lower()} is not valid Unicode at character {exc.start} (a lone surrogate); "
+            "pass text decoded from UTF-8"
+        ) from None
+
+
 def _bytes_input(name: str, values: Sequence[str]) -> InferInput:
-    array = np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+    array = np.array([_utf8(name, v) for v in values], dtype=np.object_)
     tensor = InferInput(name, [len(values)], "BYTES")
     tensor.set_data_from_numpy(array)
     return tensor

@@ -102,3 +102,37 @@ def test_empty_text_is_invalid_argument(client, triton_server):
 
     with pytest.raises(InvalidArgumentError):
         asyncio.run(run_async())
+
+
+def test_closing_the_async_client_fails_its_calls_in_flight_with_a_sdk_error(client, triton_server):
+    """close() under running calls used to make them raise a bare CancelledError, which
+    nobody had asked for (inside a TaskGroup the lost results went unnoticed)."""
+    from padellm_client import APIConnectionError
+
+    async def run():
+        ac = AsyncNERClient(triton_server.grpc_url, timeout=300)
+        tasks = [asyncio.ensure_future(ac.extract(f"John Smith visited Paris {i} .")) for i in range(3)]
+        await asyncio.sleep(0.3)
+        await ac.close()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        # a task the caller does cancel still ends cancelled
+        other = AsyncNERClient(triton_server.grpc_url, timeout=300)
+        task = asyncio.ensure_future(other.extract(TEXT))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await other.close()
+        return results
+
+    results = asyncio.run(run())
+    assert all(isinstance(r, (list, APIConnectionError)) for r in results), results
+    assert any(isinstance(r, APIConnectionError) for r in results), results
+    assert client.is_ready()
+
+
+def test_a_lone_surrogate_is_a_value_error_before_sending(client):
+    with pytest.raises(ValueError, match="text is not valid Unicode at character 6"):
+        client.extract("Paris \ud800 x")
+    with pytest.raises(ValueError, match="labels is not valid Unicode"):
+        client.extract("Paris", labels=["LOC\udcff"])
