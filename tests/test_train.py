@@ -610,3 +610,19 @@ def test_overwrite_starts_clean_and_a_checkpoint_decodes_like_its_run(tiny_base:
     assert [json.loads(line)["step"] for line in log] == [1]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"]
     assert read_model_info(out).format == "padellm"
+
+
+def test_datasets_whose_prompt_words_collide_are_refused() -> None:
+    """weibo PER.NAM and resume NAME are both 人名: inference asked once and labelled every
+    person NAME; LOC is 地址 in resume and 地点 in msra, one of which went unrecorded."""
+    from padellm_ner.errors import InvalidInputError
+    from padellm_ner.train.cli import load_datasets
+
+    for names, message in (
+        ("weibo,resume", "PER.NAM (weibo) and NAME (resume) have the same label words '人名'"),
+        ("resume,msra", "tag LOC is '地址' in resume but '地点' in msra"),
+        ("weibo,weibo", "--dataset names weibo more than once"),
+    ):
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            load_datasets(names)
+    assert [s.name for s in load_datasets("conll2003,wnut17")] == ["conll2003", "wnut17"]

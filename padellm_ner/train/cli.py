@@ -195,7 +195,11 @@ def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpe
     override = _read_labels_file(labels_file) if labels_file else None
     specs = []
     known: set[str] = set()
-    for name in [n.strip() for n in names.split(",") if n.strip()]:
+    listed = [n.strip() for n in names.split(",") if n.strip()]
+    if repeated := sorted({n for n in listed if listed.count(n) > 1}):
+        # NOTE: a repeated name trained every sentence of it twice
+        raise InvalidInputError(f"--dataset names {', '.join(repeated)} more than once")
+    for name in listed:
         info = dataset_info(name).require_labels(name)
         tags = list(info.labels)
         words = {tag: info.word(tag) for tag in tags}
@@ -223,7 +227,30 @@ def load_datasets(names: str, labels_file: str | None = None) -> list[DatasetSpe
             + ", ".join(f"{s.name}: {s.lang}" for s in specs)
             + "); train one model per language"
         )
+    _check_words_across(specs)
     return specs
+
+
+def _check_words_across(specs: Sequence[DatasetSpec]) -> None:
+    """One model records one word per tag and one tag per word: two datasets that disagree
+    (weibo PER.NAM and resume NAME are both 人名; LOC is 地址 in resume, 地点 in msra) trained
+    prompts inference cannot tell apart, or words it never asks. A labels file settles it."""
+    word_of: dict[str, tuple[str, str]] = {}
+    tag_of: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        for tag in spec.tags:
+            word = spec.label_words[tag]
+            if tag in word_of and word_of[tag][0] != word:
+                raise InvalidInputError(
+                    f"tag {tag} is {word_of[tag][0]!r} in {word_of[tag][1]} but {word!r} in "
+                    f"{spec.name}; give one word per tag with --labels-file"
+                )
+            if word in tag_of and tag_of[word][0] != tag:
+                raise InvalidInputError(
+                    f"{tag_of[word][0]} ({tag_of[word][1]}) and {tag} ({spec.name}) have the same "
+                    f"label words {word!r}; give each tag its own with --labels-file"
+                )
+            word_of[tag], tag_of[word] = (word, spec.name), (tag, spec.name)
 
 
 def render_groups(
