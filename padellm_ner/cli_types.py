@@ -9,9 +9,22 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-__all__ = ["int_at_least", "int_between", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
+__all__ = ["flags_given", "fill_unset", "int_at_least", "int_between", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
 
 
+
+
+def flags_given(args: object, unset: dict[str, object]) -> list[str]:
+    """The ``--flag`` names of the options in ``unset`` (attribute -> its value when not
+    given) that ``args`` sets: what a command refuses when they cannot apply."""
+    return [f"--{name.replace('_', '-')}" for name, value in unset.items() if getattr(args, name, value) != value]
+
+
+def fill_unset(args: object, defaults: dict[str, object]) -> None:
+    """Give the options left at None (so that giving them could be told apart) their defaults."""
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
 
 
 def _number(value: str, kind: type[int] | type[float]) -> int | float:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from padellm_ner.cli_types import flags_given
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.extraction import ExtractionOutput, Extractor
 from padellm_ner.metrics import F1Report, Score, evaluate_predictions
@@ -315,9 +316,9 @@ def parse_hedges(value: str | None) -> list[float]:
     return taus
 
 
-#: options of a run, which --merge would ignore (flag -> its unset value)
-_RUN_FLAGS = {"--dataset": None, "--limit": None, "--skip": 0, "--labels": None,
-              "--format": None, "--count-hedge": None}  # fmt: skip
+#: options of a run, which --merge would ignore (attribute -> its unset value)
+_RUN_OPTIONS = {"dataset": None, "limit": None, "skip": 0, "labels": None,
+                "format": None, "count_hedge": None}  # fmt: skip
 
 
 def run_evaluate(args: Namespace) -> int:
@@ -325,7 +326,7 @@ def run_evaluate(args: Namespace) -> int:
     from padellm_ner.plan import Dedup, PlanConfig
 
     if getattr(args, "merge", None):
-        given = [flag for flag, unset in _RUN_FLAGS.items() if getattr(args, flag.lstrip("-").replace("-", "_"), unset) != unset]
+        given = flags_given(args, _RUN_OPTIONS)
         if given:
             raise InvalidInputError(
                 f"--merge combines finished reports; {', '.join(given)} would be ignored (each "

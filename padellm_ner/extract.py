@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from padellm_ner.cli_types import fill_unset, flags_given
 from padellm_ner.errors import InvalidInputError, PadellmError
 from padellm_ner.labels import check_labels
 from padellm_ner.text_rules import check_text
@@ -280,12 +281,10 @@ def run_extract(args: Namespace) -> int:
         )
     if getattr(args, "lang", None) is not None and args.server:
         raise InvalidInputError("--lang is the served model's setting (recorded in its padellm.json), not a request's")
-    given = [f"--{name.replace('_', '-')}" for name in MODEL_DEFAULTS if getattr(args, name, None) is not None]
+    given = flags_given(args, dict.fromkeys(MODEL_DEFAULTS))
     if args.server and given:
         raise InvalidInputError(f"{', '.join(given)}: the server's model decides (padellm-ner serve {given[0]} ...), not a request")
-    for name, value in MODEL_DEFAULTS.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+    fill_unset(args, MODEL_DEFAULTS)
     if args.server:
         extract, close = _server_extractor(args)
     else:

@@ -210,7 +210,7 @@ def write_hf_dir(source: Path, hf_dir: Path, dtype: str = "bfloat16", untie: boo
     model = loaded.model
     if untie:
         head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-        if head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr():
+        if head.weight.data_ptr() == embed.weight.data_ptr():  # NOTE: also when the same Parameter
             head.weight = torch.nn.Parameter(embed.weight.detach().clone())
         model.config.tie_word_embeddings = False
         text_config = getattr(model.config, "text_config", None)

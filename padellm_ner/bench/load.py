@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from padellm_ner.bench import report
+from padellm_ner.cli_types import fill_unset, flags_given
 from padellm_ner.errors import InvalidInputError
 
 __all__ = [
@@ -388,7 +389,7 @@ def run_load_cli(args: Any) -> int:
     from padellm_ner.data import load_split
 
     model = getattr(args, "model", None)
-    given = [f"--{n.replace('_', '-')}" for n in IN_PROCESS_DEFAULTS if getattr(args, n, None) is not None]
+    given = flags_given(args, dict.fromkeys(IN_PROCESS_DEFAULTS))
     if not model:
         if given:
             raise InvalidInputError(
@@ -401,9 +402,7 @@ def run_load_cli(args: Any) -> int:
             "--metrics-url reads a server's counters; with --model the engine's own are reported"
         )
     else:
-        for name, value in IN_PROCESS_DEFAULTS.items():
-            if getattr(args, name, None) is None:
-                setattr(args, name, value)
+        fill_unset(args, IN_PROCESS_DEFAULTS)
     report.output_dir(args.out)
     levels = parse_concurrency(args.concurrency)
     texts = [ex.text for ex in load_split(args.dataset, "test") if ex.text.strip()]
