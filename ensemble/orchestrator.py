@@ -24,6 +24,7 @@ from padellm_ensemble.validation import (
 from padellm_ner.baseline_plan import BaselinePlan, arun_baseline
 from padellm_ner.codec import PromptCodec
 from padellm_ner.labels import check_labels
+from padellm_ner.lang import LANGS, detect_lang
 from padellm_ner.llm import AsyncLLM
 from padellm_ner.model_info import read_model_info, retag, words_for
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, arun_plan
@@ -73,7 +74,7 @@ class OrchestratorConfig:
 
     Attributes:
         labels: default labels when a request sends none.
-        lang: prompt language.
+        lang: prompt language; empty means "detect each text's" (an untrained base).
         max_text_chars: longest accepted TEXT.
         max_concurrency: LLM requests in flight per extraction (the fan-out bound).
         plan: decoding bounds (max_mentions is the default and the upper limit).
@@ -86,7 +87,7 @@ class OrchestratorConfig:
     """
 
     labels: tuple[str, ...]
-    lang: str = "en"
+    lang: str = ""
     max_text_chars: int = 2000
     max_concurrency: int = 64
     plan: PlanConfig = PlanConfig()
@@ -176,7 +177,7 @@ class Orchestrator:
                 dedup=request.dedup,
                 count_hedge=config.count_hedge,
             ),
-            lang=self.config.lang,
+            lang=self._lang(request.text),
         )
         if request.stream:
             num_sent = 0
@@ -204,7 +205,7 @@ class Orchestrator:
             request.text,
             words_for(self.config.label_words, request.labels),
             self.codec,
-            self.config.lang,
+            self._lang(request.text),
             self.config.max_new_tokens,
         )
         entities = await arun_baseline(plan, self.llm)
@@ -221,6 +222,10 @@ class Orchestrator:
             sink.send(None, error=exc, final=True)
         except Exception:
             logger.warning("could not send an error response", exc_info=True)
+
+    def _lang(self, text: str) -> str:
+        """The model's language; an untrained base's follows the text, as ``extract``'s does."""
+        return self.config.lang or detect_lang(text)
 
     @staticmethod
     def _send_final(sink: ResponseSink) -> None:
@@ -272,12 +277,15 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         count_hedge=float(get("count_hedge", str(info.count_hedge or 0.0))),
     )
     method = get("method", "") or info.format
+    lang = get("lang", info.lang if info.trained else "")
+    if lang not in ("", *LANGS):
+        raise ValueError(f"the padellm config's lang must be one of {LANGS} (or empty: detect), got {lang!r}")
     config = OrchestratorConfig(
         method=method,
         label_words=dict(info.label_words),
         max_new_tokens=int(get("max_new_tokens", "160")),
         labels=labels,
-        lang=get("lang", "en"),
+        lang=lang,
         max_text_chars=int(get("max_text_chars", "2000")),
         max_concurrency=int(get("max_concurrency", "64")),
         plan=plan,
@@ -290,7 +298,7 @@ def build_orchestrator(params: Mapping[str, str], transport) -> Orchestrator:
         max_inflight=int(get("max_llm_inflight", "64")),  # NOTE: assemble fills the LLM batch size
     )
     logger.info(
-        "padellm orchestrator: model %s, method %s, labels %s, llm %s, count_hedge %g",
-        model, method, labels, llm.model_name, plan.count_hedge,
+        "padellm orchestrator: model %s, method %s, labels %s, lang %s, llm %s, count_hedge %g",
+        model, method, labels, lang or "detect", llm.model_name, plan.count_hedge,
     )  # fmt: skip
     return Orchestrator(config, codec, llm)

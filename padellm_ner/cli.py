@@ -22,6 +22,7 @@ from padellm_ner.cli_types import (
 )
 from padellm_ner.errors import PadellmError
 from padellm_ner.extract import MODEL_DEFAULTS
+from padellm_ner.lang import LANGS
 from padellm_ner.limits import MAX_BATCH_WINDOW_US
 from padellm_ner.models import DTYPES
 
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --root-cert: verify the server's certificate against this name, not --server's host")
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
     p.add_argument("--max-mentions", type=int_at_least(1), default=16, help="bound on mentions per label")
-    p.add_argument("--lang", choices=["en", "zh"], default=None, help="prompt language (default: detect)")
+    p.add_argument("--lang", choices=LANGS, default=None, help="prompt language (default: detect)")
     p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
                    help="PaDeLLM: also decode mention n+1 of a count n less probable than P "
                         "(0 = off, the paper; default: the model's recorded value)")

@@ -18,8 +18,9 @@ from padellm_ner.codec import PromptCodec
 from padellm_ner.engine import TorchLLM
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.labels import check_labels
+from padellm_ner.lang import detect_lang
 from padellm_ner.llm import LLM, AsyncLLM
-from padellm_ner.model_info import ModelInfo, detect_lang, read_model_info, retag
+from padellm_ner.model_info import ModelInfo, read_model_info, retag
 from padellm_ner.plan import PaDeLLMPlan, PlanConfig, PlanStats, arun_plan, run_plans
 from padellm_ner.text_rules import check_text
 from padellm_ner.types import Entity

@@ -14,7 +14,7 @@ from pathlib import Path
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.types import Entity
 
-__all__ = ["META_FILE", "FALLBACK_LABELS", "ModelInfo", "read_model_info", "detect_lang", "retag", "words_for"]
+__all__ = ["META_FILE", "FALLBACK_LABELS", "ModelInfo", "read_model_info", "retag", "words_for"]
 
 #: the record ``train`` writes into a model folder
 META_FILE = "padellm.json"
@@ -71,9 +71,3 @@ def read_model_info(path: Path | None) -> ModelInfo:
         )
     except (OSError, ValueError, TypeError) as exc:
         raise InvalidInputError(f"{meta} is not a padellm.json record ({exc})") from exc
-
-
-def detect_lang(text: str) -> str:
-    """``zh`` when the text is mostly CJK characters, else ``en``."""
-    cjk = sum("\u4e00" <= ch <= "\u9fff" for ch in text)
-    return "zh" if cjk * 2 >= max(1, len(text.strip())) else "en"

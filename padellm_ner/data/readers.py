@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from padellm_ner.errors import InvalidInputError
+from padellm_ner.lang import detect_lang as detect_text_lang
+from padellm_ner.lang import is_cjk
 from padellm_ner.types import Entity, Example
 
 __all__ = [
@@ -283,10 +285,6 @@ def read_jsonlines(path: Path, split: str, lang: str) -> list[Example]:
     return examples
 
 
-def _is_cjk(ch: str) -> bool:
-    return "\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf"
-
-
 def _head(path: Path, num_lines: int = 400) -> list[str]:
     lines = []
     with path.open(encoding="utf-8-sig", errors="replace") as f:
@@ -330,12 +328,10 @@ def _is_json_record(line: str) -> bool:
 
 
 def detect_lang(path: Path) -> str:
-    """``"zh"`` when the sentences of the file's head are mostly CJK characters, else ``"en"``."""
+    """The language of the sentences of the file's head, by the one rule of ``padellm_ner.lang``."""
     lines = [line for line in _head(path) if line.strip()]
     jsonlines = bool(lines) and _is_json_record(lines[0])
-    sample = _sample_text(lines, jsonlines)
-    num_cjk = sum(map(_is_cjk, sample))
-    return "zh" if num_cjk > 0.1 * max(1, sum(ch.isalpha() for ch in sample)) else "en"
+    return detect_text_lang(_sample_text(lines, jsonlines))
 
 
 def detect_format(path: Path) -> FileFormat:
@@ -356,7 +352,7 @@ def detect_format(path: Path) -> FileFormat:
     # English file whose tokens all end in a digit ("1990") is not Weibo.
     tokens = [cols[0] for cols in rows]
     weibo = all(len(t) >= 2 and t[-1].isdigit() for t in tokens) and (
-        sum(_is_cjk(t[0]) for t in tokens) > len(tokens) / 2
+        sum(is_cjk(t[0]) for t in tokens) > len(tokens) / 2
     )
     return FileFormat("tagged", strip_digit=weibo)
 
