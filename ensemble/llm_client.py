@@ -87,6 +87,9 @@ def build_llm_inputs(
         "pad_id": np.array([end_id], dtype=np.int32),
         "streaming": np.array([streaming], dtype=bool),
         "return_log_probs": np.array([True], dtype=bool),
+        # NOTE: per request, so the parse below holds whatever the tensorrt_llm model's
+        # own exclude_input_in_output parameter says (NVIDIA's template leaves it false).
+        "exclude_input_in_output": np.array([True], dtype=bool),
     }
     if words:
         inputs["stop_words_list"] = stop_words_tensor(words)

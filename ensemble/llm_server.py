@@ -52,6 +52,10 @@ def parse_llm_request(get: Callable[[str], np.ndarray | None], req_id: str) -> L
     req_id = req_id or uuid.uuid4().hex
     if bool(_scalar(get, "stop", False)):
         return LLMWireRequest(req_id=req_id, request=None, stop=True)
+    if not bool(_scalar(get, "exclude_input_in_output", True)):
+        # NOTE: TensorRT-LLM would return the prompt in front of the tokens; this model
+        # returns the generated tokens only, so it refuses rather than answer otherwise.
+        raise LLMWireError("exclude_input_in_output=false is not supported: output_ids holds the generated tokens only")
     input_ids = get("input_ids")
     if input_ids is None:
         raise LLMWireError("input_ids is required")

@@ -115,6 +115,11 @@ def test_llm_refuses_a_prompt_longer_than_the_model_as_invalid_argument(triton_s
     message = info.value.message()
     assert message.startswith("[INVALID_ARGUMENT] ") and "too long" in message, message
     assert "8190" in message and "8192" in message, message
+    short = GenerationRequest(prompt_ids=(42,) * 4, max_new_tokens=2, stop_ids=(codec.end_id,))
+    with_prompt = {**build_llm_inputs(short, codec.end_id), "exclude_input_in_output": np.array([False])}
+    with pytest.raises(InferenceServerException) as info:
+        stream_call(triton_server.grpc_url, "llm", with_prompt)
+    assert info.value.message().startswith("[INVALID_ARGUMENT] exclude_input_in_output"), info.value.message()
     _healthy(triton_server, sentences[0])
 
 

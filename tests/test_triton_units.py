@@ -164,6 +164,9 @@ def test_build_llm_inputs_contract():
     assert inputs["input_ids"].dtype == np.int32 and inputs["input_ids"].shape == (3,)
     assert inputs["end_id"].tolist() == [2]
     assert inputs["stop_words_list"].tolist() == [[10, 11], [1, 2]]
+    # sent per request: NVIDIA's tensorrt_llm template leaves the model parameter false,
+    # and a prompt in front of output_ids would be parsed as generated tokens
+    assert inputs["exclude_input_in_output"].tolist() == [True]
     batched = build_llm_inputs(req, end_id=2, batch_dim=True)
     assert batched["input_ids"].shape == (1, 3) and batched["stop_words_list"].shape == (1, 2, 2)
     # the llm model reads back what the client sends
@@ -178,6 +181,11 @@ def test_build_llm_inputs_contract():
     bad = {**inputs, "stop_words_list": np.array([[10, 7], [1, 5]], dtype=np.int32)}
     with pytest.raises(LLMWireError, match="out of range"):
         parse_llm_request(bad.get, "r3")
+    # the llm model returns generated tokens only, so it refuses to be asked otherwise
+    with_prompt = {**inputs, "exclude_input_in_output": np.array([False])}
+    with pytest.raises(LLMWireError, match="exclude_input_in_output"):
+        parse_llm_request(with_prompt.get, "r4")
+    assert parse_llm_request({k: v for k, v in inputs.items() if k != "exclude_input_in_output"}.get, "r5").request == req
 
 
 def test_parse_llm_outputs_cuts_at_sequence_length():

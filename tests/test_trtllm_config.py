@@ -40,6 +40,7 @@ CONTRACT_INPUTS = {
     "streaming": ("TYPE_BOOL", [1], True),
     "return_log_probs": ("TYPE_BOOL", [1], True),
     "stop": ("TYPE_BOOL", [1], True),
+    "exclude_input_in_output": ("TYPE_BOOL", [1], True),
     "stop_words_list": ("TYPE_INT32", [2, -1], True),
 }
 CONTRACT_OUTPUTS = {
