@@ -300,15 +300,60 @@ def test_build_without_trtllm_is_a_clear_error(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # NOTE: no trtllm-build anywhere
     assert main(["--model", str(hf_dir), "--profile", "a100", "--out", str(tmp_path / "o")]) == 2
-    assert "trtllm-build is not on PATH" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "trtllm-build is not on PATH" in err and "1.2.x" in err  # 1.3 removed it
     assert issubclass(EngineBuildError, RuntimeError)
+
+
+def test_the_convert_script_is_found_in_either_examples_layout(tmp_path: Path) -> None:
+    """Releases since the examples moved keep the script in ``models/core/llama/``, older
+    ones in ``llama/``: the build takes the one the checkout has."""
+    from padellm_build.trtllm.engine_build import convert_script
+
+    examples = tmp_path / "examples"
+    current = examples / "models/core/llama/convert_checkpoint.py"
+    older = examples / "llama/convert_checkpoint.py"
+    assert convert_script(examples, "LlamaForCausalLM") == current  # neither: named as current
+    older.parent.mkdir(parents=True)
+    older.write_text("")
+    assert convert_script(examples, "MistralForCausalLM") == older
+    current.parent.mkdir(parents=True)
+    current.write_text("")
+    assert convert_script(examples, "LlamaForCausalLM") == current
+    assert convert_script(examples, "Qwen2ForCausalLM") == examples / "models/core/qwen/convert_checkpoint.py"
+    with pytest.raises(EngineBuildError, match="no convert script for 'GPT2LMHeadModel'"):
+        convert_script(examples, "GPT2LMHeadModel")
 
 
 def test_perf_input_layout() -> None:
     examples = [
-        Example(f"Sentence number {i} about Japan and Syria .", [Entity("LOC", "Japan", 26, 31)])
+        Example(f"Sentence number {i} is about Japan and Syria and Qatar .", [Entity("LOC", "Japan", 27, 32)])
         for i in range(50)
     ] + [Example(text="No entity in this sentence at all .", entities=[])]
     texts = pick_sentences(examples, 20)
     assert len(texts) == 20 and len(set(texts)) == 20
     assert perf_input(texts[:2]) == {"data": [{"TEXT": [texts[0]]}, {"TEXT": [texts[1]]}]}
+
+
+def test_perf_input_takes_running_text_only(tmp_path: Path) -> None:
+    """All-caps headlines, datelines and score lines are not what users send; Chinese text (no
+    letter case) is kept, written as UTF-8 characters, not JSON escapes."""
+    from padellm_build.make_perf_input import main as perf_main
+
+    loc = [Entity("LOC", "Japan", 0, 5)]
+    examples = [
+        Example("SOCCER - JAPAN GET LUCKY WIN , CHINA IN SURPRISE DEFEAT .", loc),
+        Example("LONDON 1996-08-30", loc),
+        Example("Alba Berlin ( Germany ) 9 5 4 14", loc),
+        Example("Japan began the defence of their Asian Cup title .", loc),
+        Example("日本队在亚洲杯上以二比一战胜叙利亚队 。 我们 都 很 高兴", [Entity("LOC", "日本", 0, 2)]),
+    ]
+    assert pick_sentences(examples, 5) == [examples[3].text, examples[4].text]
+
+    folder = tmp_path / "zh"
+    folder.mkdir()
+    (folder / "test.txt").write_text("日 B-LOC\n本 I-LOC\n很 O\n好 O\n， O\n我 O\n们 O\n都 O\n很 O\n高 O\n兴 O\n\n", encoding="utf-8")
+    out = tmp_path / "perf.json"
+    assert perf_main(["--dataset", str(folder), "--split", "test", "--num", "1", "--out", str(out)]) == 0
+    assert "日本很好" in out.read_bytes().decode("utf-8")
+    assert json.loads(out.read_bytes()) == {"data": [{"TEXT": ["日本很好，我们都很高兴"]}]}

@@ -39,10 +39,12 @@ from padellm_build.trtllm.profiles import PROFILES, BuildProfile, get_profile
 
 __all__ = [
     "CONVERT_SCRIPTS",
+    "SUPPORTED_TRTLLM",
     "EngineBuildError",
     "BuildPlan",
     "plan_build",
     "convert_command",
+    "convert_script",
     "build_command",
     "ties_embeddings",
     "write_hf_dir",
@@ -51,12 +53,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: HF architecture -> convert script under ``<TensorRT-LLM>/examples``.
+#: HF architecture -> convert script under ``<TensorRT-LLM>/examples`` (the layout of
+#: releases since the examples moved to ``models/core``; older ones have ``llama/...``,
+#: which ``convert_script`` takes when only that exists).
 CONVERT_SCRIPTS: dict[str, str] = {
     "LlamaForCausalLM": "models/core/llama/convert_checkpoint.py",  # SmolLM2, Llama 2/3
     "MistralForCausalLM": "models/core/llama/convert_checkpoint.py",
     "Qwen2ForCausalLM": "models/core/qwen/convert_checkpoint.py",
 }
+#: NOTE: TensorRT-LLM's main branch removed the TensorRT engine workflow this module drives
+#: (convert_checkpoint.py, trtllm-build) and the ``tensorrtllm`` C++ Triton backend in
+#: mid-2026 (NVIDIA/TensorRT-LLM#15763, #15907); 1.2.x is the last release line with them.
+SUPPORTED_TRTLLM = (
+    "TensorRT-LLM 1.2.x or older (later releases removed trtllm-build and the tensorrtllm backend)"
+)
 _DEFAULT_EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "TensorRT-LLM/examples")
 
 
@@ -97,18 +107,26 @@ def convert_command(
     python: str = "python",
 ) -> list[str]:
     """``convert_checkpoint.py`` for ``architecture`` (single GPU, the profile's dtype)."""
-    try:
-        script = CONVERT_SCRIPTS[architecture]
-    except KeyError:
-        known = ", ".join(CONVERT_SCRIPTS)
-        raise EngineBuildError(f"no convert script for {architecture!r} (known: {known})") from None
     return [
-        python, str(trtllm_examples / script),
+        python, str(convert_script(trtllm_examples, architecture)),
         "--model_dir", str(hf_dir),
         "--output_dir", str(checkpoint_dir),
         "--dtype", profile.dtype,
         "--tp_size", "1",
     ]  # fmt: skip
+
+
+def convert_script(trtllm_examples: Path, architecture: str) -> Path:
+    """The convert script for ``architecture`` in this checkout: ``models/core/<family>/``
+    where it exists, else the older ``<family>/`` layout, else the former (for messages)."""
+    try:
+        script = CONVERT_SCRIPTS[architecture]
+    except KeyError:
+        known = ", ".join(CONVERT_SCRIPTS)
+        raise EngineBuildError(f"no convert script for {architecture!r} (known: {known})") from None
+    current = trtllm_examples / script
+    older = trtllm_examples / script.removeprefix("models/core/")
+    return older if older.exists() and not current.exists() else current
 
 
 def build_command(checkpoint_dir: Path, engine_dir: Path, profile: BuildProfile) -> list[str]:
@@ -229,13 +247,13 @@ def _check_tools(plan: BuildPlan) -> None:
         raise EngineBuildError(
             "trtllm-build is not on PATH: run this inside NVIDIA's Triton TensorRT-LLM container "
             "(nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3) on the target GPU, "
-            "or use --dry-run to print the commands"
+            f"with {SUPPORTED_TRTLLM}, or use --dry-run to print the commands"
         )
     script = Path(plan.commands[0][1])
     if not script.exists():
         raise EngineBuildError(
             f"{script} not found: pass --trtllm-examples <TensorRT-LLM checkout>/examples "
-            "(the checkout must match the container's tensorrt_llm version)"
+            f"(the checkout must match the container's tensorrt_llm version; {SUPPORTED_TRTLLM})"
         )
 
 
