@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from padellm_build.fill_template import fill, placeholders
-from padellm_ner.cli_types import int_between
+from padellm_ner.cli_types import device_name, hedge_threshold, int_at_least, int_between
 from padellm_ner.errors import PadellmError
 from padellm_ner.limits import MAX_BATCH_WINDOW_US
 from padellm_ner.model_info import META_FILE, read_model_info
+from padellm_ner.models import DTYPES
 from padellm_ner.serving.loopback_tls import LoopbackTLS
 
 __all__ = ["TEMPLATE_DIR", "DEFAULT_LABELS", "assemble_repository", "model_labels", "main"]
@@ -242,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--labels", nargs="+")
     parser.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--max-batch-size", type=int, default=None,
+    parser.add_argument("--device", type=device_name, default="cpu", help="the llm model's: cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="float32")
+    parser.add_argument("--max-batch-size", type=int_at_least(1), default=None,
                         help="sequences the LLM batches (default 64; with --trtllm-profile, the engine's)")
     parser.add_argument("--trtllm-profile", choices=["a100", "h100"],
                         help="tensorrtllm: the engine's build profile; its scheduler and KV-cache settings go into the config")
-    parser.add_argument("--max-text-chars", type=int, default=2000)
-    parser.add_argument("--max-mention-tokens", type=int)
+    parser.add_argument("--max-text-chars", type=int_at_least(1), default=2000)
+    parser.add_argument("--max-mention-tokens", type=int_at_least(1))
     parser.add_argument("--engine-dir", help="TensorRT-LLM engine folder (tensorrtllm)")
     parser.add_argument(
         "--llm-transport", choices=["grpc", "bls"],
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US),
         help="torch llm model: wait this long when idle for more requests before a step (default 5000)",
     )
-    parser.add_argument("--count-hedge", type=float,
+    parser.add_argument("--count-hedge", type=hedge_threshold,
                         help="PaDeLLM count hedge threshold (default: the model's recorded value, else 0)")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument(

@@ -16,6 +16,7 @@ from padellm_ner.cli_types import (
     float_above,
     float_at_least,
     fraction,
+    hedge_threshold,
     int_at_least,
     int_between,
     port,
@@ -39,17 +40,6 @@ _HANDLERS = {
 
 
 _DTYPE_CHOICES = ("auto", *DTYPES)
-
-
-def _hedge_threshold(value: str) -> float:
-    """``--count-hedge`` of extract and serve: one probability (argparse rejects others)."""
-    try:
-        threshold = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--count-hedge {value!r} is not a number") from None
-    if not 0.0 <= threshold <= 1.0:
-        raise argparse.ArgumentTypeError(f"--count-hedge is {value}; it must be between 0 and 1")
-    return threshold
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
     p.add_argument("--max-mentions", type=int_at_least(1), default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=LANGS, default=None, help="prompt language (default: detect)")
-    p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
+    p.add_argument("--count-hedge", type=hedge_threshold, default=None, metavar="P",
                    help="PaDeLLM: also decode mention n+1 of a count n less probable than P "
                         "(0 = off, the paper; default: the model's recorded value)")
     _add_model_args(p)
@@ -131,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US),
         help="torch llm model: when idle, wait this long for more requests before a step (default 5000)",
     )
-    p.add_argument("--count-hedge", type=_hedge_threshold, default=None, metavar="P",
+    p.add_argument("--count-hedge", type=hedge_threshold, default=None, metavar="P",
                    help="PaDeLLM: hedge counts less probable than P (see extract; default: the model's)")
 
     p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")

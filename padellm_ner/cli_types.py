@@ -7,11 +7,13 @@ test set) and ``--timeout 0`` or ``--batch-tokens 0`` fail later, deep in the wo
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 
-__all__ = ["flags_given", "fill_unset", "int_at_least", "int_between", "float_above", "float_at_least", "fraction", "positive_fraction", "port"]
-
-
+__all__ = [
+    "flags_given", "fill_unset", "int_at_least", "int_between", "float_above", "float_at_least",
+    "fraction", "positive_fraction", "port", "hedge_threshold", "device_name",
+]
 
 
 def flags_given(args: object, unset: dict[str, object]) -> list[str]:
@@ -103,3 +105,25 @@ def port(value: str) -> int:
     if not 1 <= n <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port between 1 and 65535, got {value}")
     return n
+
+
+def hedge_threshold(value: str) -> float:
+    """``--count-hedge`` of extract, serve and assemble: one probability."""
+    try:
+        threshold = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--count-hedge {value!r} is not a number") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise argparse.ArgumentTypeError(f"--count-hedge is {value}; it must be between 0 and 1")
+    return threshold
+
+
+_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+def device_name(value: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` by its form alone, for a repository that
+    may be served on another host (``models.pick_device`` checks that this torch has it)."""
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use cpu, cuda, cuda:N or auto")
+    return value

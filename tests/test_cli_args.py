@@ -51,6 +51,32 @@ def test_bounds_keep_the_values_in_use() -> None:
     assert (args.batch_window_us, args.grpc_port) == (0, 65535)
 
 
+ASSEMBLE_BAD = [
+    (["--count-hedge", "5"], "--count-hedge is 5; it must be between 0 and 1"),
+    (["--max-batch-size", "0"], "--max-batch-size: must be at least 1, got 0"),
+    (["--max-text-chars", "-1"], "--max-text-chars: must be at least 1"),
+    (["--max-mention-tokens", "0"], "--max-mention-tokens: must be at least 1"),
+    (["--dtype", "foo"], "invalid choice: 'foo'"),
+    (["--device", "bar"], "'bar' is not a device: use cpu, cuda, cuda:N or auto"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), ASSEMBLE_BAD, ids=[a[0] for a, _ in ASSEMBLE_BAD])
+def test_assemble_refuses_what_the_served_models_could_not_use(extra, message, tmp_path, capsys) -> None:
+    """``python -m padellm_build.assemble`` wrote these into the configs and exited 0
+    (``max_batch_size "0"``, ``count_hedge "5.0"``, a device no torch knows)."""
+    from padellm_build.assemble import main as assemble_main
+
+    out = tmp_path / "repo"
+    with pytest.raises(SystemExit) as exit_info:
+        assemble_main(["--out", str(out), "--model", "/x", "--no-check-model", *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+    # a repository for a GPU host can still be written here
+    assert assemble_main(["--out", str(out), "--model", "/x", "--no-check-model", "--device", "cuda:1",
+                          "--dtype", "auto", "--count-hedge", "0.5"]) == 0  # fmt: skip
+
+
 def test_unknown_dtype_is_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["extract", "x", "--dtype", "foo"])

@@ -47,6 +47,7 @@ def _serving(tmp_path: Path, *args: str, marker: str = "serving model 'padellm'"
     assert "stopping" in log_path.read_text()
 
 
+@pytest.mark.slow
 def test_serve_then_extract_through_the_server(tmp_path) -> None:
     text = "Japan beat Korea in Tokyo ."
     with _serving(tmp_path, "--repository", str(tmp_path / "repo")) as port:
@@ -73,6 +74,7 @@ def test_serve_then_extract_through_the_server(tmp_path) -> None:
         assert "INVALID_ARGUMENT" in records[1]["error"] and records[2]["text"] == "EU rejects German call ."
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
     """On SIGTERM ``serve`` unloads the orchestrator first: new requests are refused, the
     ones in flight are answered (``llm`` went first and failed them all), then it exits 0."""
@@ -226,6 +228,7 @@ def _signed(folder: Path, ca: tuple[Path, Path], name: str, san: str) -> tuple[P
     return cert, key
 
 
+@pytest.mark.slow
 def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
     """A real tritonserver with gRPC TLS (``serve --grpc-server-cert/--grpc-server-key``);
     the orchestrator reaches the llm model over its gRPC loopback in TLS too (the default
@@ -251,6 +254,7 @@ def test_serve_over_tls_with_the_client_sdk(tmp_path) -> None:
         assert cli.returncode == 0 and isinstance(json.loads(cli.stdout), list), cli.stderr
 
 
+@pytest.mark.slow
 def test_serve_over_mutual_tls(tmp_path) -> None:
     """``--grpc-root-cert``: a client must present a certificate the CA signed (here the
     self-signed one, as its own CA); one without is refused. The orchestrator's loopback
@@ -294,6 +298,7 @@ def test_serve_tls_options_are_checked_up_front(tmp_path, capsys) -> None:
     assert "--grpc-loopback-ca" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_serve_mutual_tls_with_separate_server_and_client_cas(tmp_path) -> None:
     """One CA signs the server's certificate, for ``svc.internal`` only (not 127.0.0.1,
     where the orchestrator dials); another signs the clients'. The orchestrator's loopback

@@ -110,6 +110,7 @@ def test_a_server_started_from_a_worker_thread_is_not_tied_to_that_thread(tmp_pa
     assert TritonServer(tmp_path, die_with_parent=False)._guarded(cmd) == cmd
 
 
+@pytest.mark.slow
 def test_tritonserver_stops_when_the_process_that_started_it_is_sigkilled(tmp_path) -> None:
     """The point of it all: the ports a SIGKILLed parent's server held can be taken again."""
     repo = tmp_path / "repo"
