@@ -42,18 +42,45 @@ _HANDLERS = {
 _DTYPE_CHOICES = ("auto", *DTYPES)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default, unless it is unset (None, a flag's False)
+    or the help already says what happens by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unset = action.default in (None, False, argparse.SUPPRESS)
+        if unset or not action.option_strings or "default" in text:
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line naming the option and pointing at ``--help`` (argparse
+    prints the whole usage first: 15 lines for ``extract``), exit status 2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # noqa: ANN201 (argparse's signature: never returns)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    # NOTE: each help names its default: extract unsets them (see there), so argparse cannot
     p.add_argument("--model", default=MODEL_DEFAULTS["model"],
-                   help="'default' (embedded), a base name (smollm2-135m), an HF folder or a LoRA adapter folder")
-    p.add_argument("--device", default=MODEL_DEFAULTS["device"], help="cpu, cuda, cuda:N or auto")
+                   help="'default' (embedded, the default), a base name (smollm2-135m, gemma3-270m), "
+                        "an HF folder or a LoRA adapter folder")
+    p.add_argument("--device", default=MODEL_DEFAULTS["device"],
+                   help=f"cpu, cuda, cuda:N or auto (default: {MODEL_DEFAULTS['device']})")
     p.add_argument("--dtype", default=MODEL_DEFAULTS["dtype"], choices=_DTYPE_CHOICES,
-                   help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+                   help=f"weights' dtype (default: {MODEL_DEFAULTS['dtype']}: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-batch-size", type=int_at_least(1), default=MODEL_DEFAULTS["max_batch_size"],
-                   help="sequences decoded together")
+                   help=f"sequences decoded together (default: {MODEL_DEFAULTS['max_batch_size']})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="padellm-ner", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="padellm-ner", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -74,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-key", metavar="PEM", help="with --client-cert: its private key")
     p.add_argument("--tls-server-name", metavar="HOST",
                    help="with --root-cert: verify the server's certificate against this name, not --server's host")
-    p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
+    p.add_argument("--dedup", choices=["string", "span", "off"], default="string",
+                   help="cross-label de-duplication: by string (the paper), by span, or none")
     p.add_argument("--max-mentions", type=int_at_least(1), default=16, help="bound on mentions per label")
     p.add_argument("--lang", choices=LANGS, default=None, help="prompt language (default: detect)")
     p.add_argument("--count-hedge", type=hedge_threshold, default=None, metavar="P",
@@ -88,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run tritonserver with the padellm-ner model repository")
     _add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--grpc-port", type=port, default=8001)
-    p.add_argument("--http-port", type=port, default=8000)
-    p.add_argument("--metrics-port", type=port, default=8002)
+    p.add_argument("--grpc-port", type=port, default=8001, help="tritonserver's gRPC port (clients)")
+    p.add_argument("--http-port", type=port, default=8000, help="tritonserver's HTTP port (health)")
+    p.add_argument("--metrics-port", type=port, default=8002, help="Prometheus metrics port")
     p.add_argument("--repository", help="where to assemble the model repository (default: a temp dir)")
     p.add_argument("--drain-timeout", type=float_at_least(0), default=25.0, metavar="S",
                    help="on Ctrl-C/SIGTERM, seconds the requests in flight get to finish while new "
@@ -125,28 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PaDeLLM: hedge counts less probable than P (see extract; default: the model's)")
 
     p = sub.add_parser("train", help="fine-tune a base model (PaDeLLM or a baseline format)")
-    p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm")
+    p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default="padellm",
+                   help="PaDeLLM or a baseline's output format")
     p.add_argument("--dataset", required=True, help="NAME[,NAME...] under shared/datasets or a folder path")
     p.add_argument("--base", default="smollm2-135m", help="base model name or HF folder")
     p.add_argument("--out", required=True, help="output folder (adapter or full model)")
     p.add_argument("--labels-file", help="JSON {tag: label words} for the prompts")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
                    help="train a LoRA adapter (default) or the full model (--no-lora)")
-    p.add_argument("--lora-r", type=int_at_least(1), default=16)
-    p.add_argument("--lora-alpha", type=int_at_least(1), default=32)
-    p.add_argument("--epochs", type=float_above(0), default=1.0)
+    p.add_argument("--lora-r", type=int_at_least(1), default=16, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int_at_least(1), default=32, help="LoRA scaling")
+    p.add_argument("--epochs", type=float_above(0), default=1.0, help="passes over the data")
     p.add_argument("--max-steps", type=int_at_least(1), default=None, help="stop after this many optimizer steps")
     p.add_argument("--limit", type=int_at_least(1), default=None, help="use only the first N training sentences")
     p.add_argument("--batch-tokens", type=int_at_least(1), default=4096, help="tokens per optimizer step (length-grouped)")
-    p.add_argument("--lr", type=float_above(0), default=2e-4)
+    p.add_argument("--lr", type=float_above(0), default=2e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=fraction, default=0.03, help="warmup fraction")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data order and initialisation")
     p.add_argument("--save-every", type=int_at_least(0), default=200, help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="train into an --out that already holds a trained model, replacing it")
     p.add_argument("--eval-limit", type=int_at_least(0), default=200, help="dev sentences evaluated at the end")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
     from padellm_ner.train.cli import add_extra_args
 
@@ -155,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="micro-F1 (paper) and span F1 on a dataset split")
     _add_model_args(p)
     p.add_argument("--dataset", help="name under shared/datasets or a folder path")
-    p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int_at_least(1), default=None)
+    p.add_argument("--split", default="test", help="train, dev or test")
+    p.add_argument("--limit", type=int_at_least(1), default=None, help="score only the first N sentences")
     p.add_argument("--merge", nargs="+", metavar="FILE",
                    help="combine `--json` reports of shards (--skip/--limit runs) instead of running")
     p.add_argument("--skip", type=int_at_least(0), default=0, help="skip the first N sentences (to shard a run)")
@@ -164,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["padellm", "ar_aug", "ar_struct", "onestep"], default=None,
                    help="decoding method (default: the one the model was trained for)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--dedup", choices=["string", "span", "off"], default="string")
+    p.add_argument("--dedup", choices=["string", "span", "off"], default="string",
+                   help="cross-label de-duplication (see extract)")
     p.add_argument("--count-hedge", metavar="P[,P...]", default=None,
                    help="PaDeLLM: hedge counts less probable than P (see extract); several values "
                         "decode once at the highest and report each (a sweep to choose P on dev)")
@@ -174,13 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency and load benchmarks (tables + chart)")
     bsub = p.add_subparsers(dest="bench_command", required=True)
     b = bsub.add_parser("latency", help="one sentence at a time, methods interleaved")
-    b.add_argument("--dataset", default="conll2003")
-    b.add_argument("--split", default="test")
-    b.add_argument("--limit", type=int_at_least(1), default=300)
+    b.add_argument("--dataset", default="conll2003", help="name under shared/datasets or a folder path")
+    b.add_argument("--split", default="test", help="train, dev or test")
+    b.add_argument("--limit", type=int_at_least(1), default=300, help="sentences timed")
     b.add_argument("--models", required=True, help="method=DIR[,method=DIR...] (padellm, ar_aug, ar_struct, onestep)")
     b.add_argument("--server", help="also time the padellm model through Triton at host:port")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES)
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES,
+                   help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     b.add_argument("--out", default="docs/benchmarks", help="folder for the table and chart")
     b.add_argument("--max-new-tokens", type=int_at_least(1), default=160, help="token limit of the baselines' one sequence")
     b.add_argument("--warmup", type=int_at_least(0), default=1, help="untimed passes before measuring")
@@ -198,38 +229,39 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US), default=None,
                    help="--model: when idle, wait this long for more requests before a step, "
                         "as served (default 5000)")
-    b.add_argument("--dataset", default="conll2003")
-    b.add_argument("--limit", type=int_at_least(1), default=200)
-    b.add_argument("--concurrency", default="1,4,16,64")
-    b.add_argument("--duration", type=float_above(0), default=20.0)
+    b.add_argument("--dataset", default="conll2003", help="the test sentences sent (name or folder)")
+    b.add_argument("--limit", type=int_at_least(1), default=200, help="distinct sentences, sent in turn")
+    b.add_argument("--concurrency", default="1,4,16,64", help="clients in flight, one level each")
+    b.add_argument("--duration", type=float_above(0), default=20.0, help="seconds per level")
     b.add_argument("--model-name", default="padellm", help="orchestrator model name on the server")
     b.add_argument("--metrics-url", help="--server: the server's metrics endpoint (e.g. "
                                          "http://127.0.0.1:8002/metrics), to report the llm model's "
                                          "batching per level")
     b.add_argument("--label", help="name of this run's row and files (default: --model-name, "
                                    "or 'in-process' with --model)")
-    b.add_argument("--out", default="docs/benchmarks")
+    b.add_argument("--out", default="docs/benchmarks", help="folder for the table, chart and JSON")
     b = bsub.add_parser(
         "campaign",
         help="train every method with one recipe, score each on the test set, time them (a GPU lease)",
     )
     b.add_argument("--out", required=True, help="folder for models, reports, logs and CAMPAIGN.md")
-    b.add_argument("--methods", default="padellm,ar_struct,ar_aug,onestep")
-    b.add_argument("--dataset", default="conll2003")
-    b.add_argument("--base", default="smollm2-135m")
+    b.add_argument("--methods", default="padellm,ar_struct,ar_aug,onestep", help="formats to train, in order")
+    b.add_argument("--dataset", default="conll2003", help="name under shared/datasets or a folder path")
+    b.add_argument("--base", default="smollm2-135m", help="base model name or HF folder")
     b.add_argument("--budget-minutes", type=float_above(0), default=9.0,
                    help="wall-clock budget; rerun the same command to continue after a cut")
-    b.add_argument("--device", default="auto")
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     b.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES,
                    help="evaluate and bench dtype (float32: scores comparable with CPU runs; bf16 "
                         "rounds the log-probs that counts and de-dup compare); training: bf16 autocast on CUDA")
-    b.add_argument("--epochs", type=float_above(0), default=4.0)
-    b.add_argument("--lr", type=float_above(0), default=5e-4)
-    b.add_argument("--warmup", type=fraction, default=0.03)
-    b.add_argument("--batch-tokens", type=int_at_least(1), default=8192)
-    b.add_argument("--micro-tokens", type=int_at_least(1), default=8192)
-    b.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--epochs", type=float_above(0), default=4.0, help="train's --epochs, every method")
+    b.add_argument("--lr", type=float_above(0), default=5e-4, help="train's --lr")
+    b.add_argument("--warmup", type=fraction, default=0.03, help="train's --warmup")
+    b.add_argument("--batch-tokens", type=int_at_least(1), default=8192, help="train's --batch-tokens")
+    b.add_argument("--micro-tokens", type=int_at_least(1), default=8192, help="train's --micro-tokens")
+    b.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
+                   help="train LoRA adapters (--no-lora: full fine-tunes)")
+    b.add_argument("--seed", type=int, default=0, help="train's --seed")
     b.add_argument("--train-limit", type=int_at_least(1), default=None, help="training sentences (default: all)")
     b.add_argument("--eval-limit", type=int_at_least(1), default=None, help="test sentences scored (default: all)")
     b.add_argument("--latency-limit", type=int_at_least(1), default=100, help="test sentences timed")

@@ -37,6 +37,20 @@ def test_out_of_range_numbers_are_usage_errors(argv: list[str], message: str, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith("--help)"), err  # not 15 lines of usage
+
+
+def test_help_shows_the_defaults(capsys) -> None:
+    """What an option does when not given is in ``--help``, never as 'None'."""
+    for argv, shown in ((["serve"], ["(default: 8001)", "(default: 127.0.0.1)", "(default: auto)"]),
+                        (["extract"], ["(default: 16)", "(default: string)", "(default: 64)", "(default: 60.0)"]),
+                        (["bench", "load"], ["(default: 1,4,16,64)", "(default: 20.0)"]),
+                        (["train"], ["(default: 16)", "(default: 0.0002)", "(default: padellm)"])):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        out = " ".join(capsys.readouterr().out.split())  # NOTE: unwrap argparse's columns
+        assert all(text in out for text in shown), (argv, out)
+        assert "(default: None)" not in out and "(default: False)" not in out
 
 
 def test_bounds_keep_the_values_in_use() -> None:

@@ -81,7 +81,7 @@ def add_extra_args(p: argparse.ArgumentParser) -> None:
         "it decays to 0 inside the limit instead of being cut mid-schedule",
     )
     p.add_argument("--log-every", type=int_at_least(1), default=10, help="log a JSON line every N steps")
-    p.add_argument("--keep-checkpoints", type=int_at_least(1), default=2)
+    p.add_argument("--keep-checkpoints", type=int_at_least(1), default=2, help="newest checkpoints kept")
     p.add_argument(
         "--pack",
         action=argparse.BooleanOptionalAction,
