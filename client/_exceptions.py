@@ -116,6 +116,14 @@ _GRPC_CODES = frozenset(code.name for code in grpc.StatusCode)
 _PREFIX = re.compile(r"\[([A-Z_]+)\]\s?")
 _DEADLINE_TEXT = re.compile(r"deadline exceeded", re.IGNORECASE)
 _UNKNOWN_MODEL = re.compile(r"unknown model|model .* is not (found|ready)", re.IGNORECASE)
+# Triton core's own checks of a request against the model config (INVALID_ARG there; the
+# stream drops the code): a missing or unknown input, a wrong data type or shape, e.g. a
+# client pointed at the ``llm`` model by ``model_name``.
+_REQUEST_INVALID = re.compile(
+    r"expected (number of )?inputs? .*but got|missing required input|unexpected inference input"
+    r"|inference input '.*' data-type is|unexpected shape for input",
+    re.IGNORECASE,
+)
 _TRANSPORT_TEXT = re.compile(
     r"connect|socket|connection|handshake|dns|resolv|hostname|unreachable|goaway|transport|ssl|tls",
     re.IGNORECASE,
@@ -178,6 +186,8 @@ def map_exception(exc: BaseException) -> PadellmError:
             status = "DEADLINE_EXCEEDED"
         elif _UNKNOWN_MODEL.search(message):
             status = "NOT_FOUND"
+        elif _REQUEST_INVALID.search(message):
+            status = "INVALID_ARGUMENT"
         else:
             status = "UNKNOWN"
     elif status == "UNKNOWN" and _DEADLINE_TEXT.search(message):

@@ -50,6 +50,17 @@ def test_ready(client, triton_server):
             other.extract(TEXT)
 
 
+def test_a_request_the_model_config_refuses_is_invalid_argument(triton_server):
+    """Triton checks a request against the model's inputs before the model sees it; over
+    the stream that error came back with no code (UNKNOWN). A client pointed at the
+    ``llm`` model sends inputs it does not declare: the caller's mistake."""
+    with NERClient(triton_server.grpc_url, model_name="llm", timeout=60) as wrong, pytest.raises(
+        InvalidArgumentError
+    ) as info:
+        wrong.extract(TEXT)
+    assert info.value.status == "INVALID_ARGUMENT" and "missing required input" in info.value.message
+
+
 def test_sync_async_stream_agree(client, triton_server):
     entities = client.extract(TEXT, labels=LABELS)
     assert all(isinstance(e, Entity) for e in entities)

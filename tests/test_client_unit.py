@@ -176,12 +176,18 @@ def _input_value(request, name: str):
             None,
         ),
         (InferenceServerException("something odd"), APIStatusError, "UNKNOWN", "something odd"),
-        # The "[request id: ...]" preamble Triton adds is not a status.
-        (
-            InferenceServerException("[request id: abc] unexpected shape for input 'TEXT'"),
-            APIStatusError,
-            "UNKNOWN",
-            None,
+        # Triton core's checks of a request against the model config (INVALID_ARG there,
+        # no code on the stream), as the real server words them; the "[request id: ...]"
+        # preamble it adds is not a status and stays in the message.
+        *(
+            (InferenceServerException(text), InvalidArgumentError, "INVALID_ARGUMENT", text)
+            for text in (
+                "[request id: abc] unexpected shape for input 'TEXT' for model 'padellm'. Expected [1], got [1,2]. ",
+                "[request id: <id_unknown>] inference input 'TEXT' data-type is 'INT32', but model 'padellm' expects 'BYTES'",
+                "unexpected inference input 'FOO' for model 'padellm'",
+                "[request id: 4f] expected number of inputs between 3 and 10 but got 1 inputs for model 'llm'. "
+                "Got input(s) ['TEXT'], but missing required input(s) ['input_ids']. Please provide all required input(s).",
+            )
         ),
     ],
 )
