@@ -1,22 +1,23 @@
 """Everything that touches ``triton_python_backend_utils`` (only importable in a stub).
 
 Adapters between Triton objects and the Triton-free logic: input getters, response
-senders, the LLM transport for ``TritonAsyncLLM`` (gRPC loopback or BLS), and the
-``llm`` model's custom metrics.
+senders, the LLM transport for ``TritonAsyncLLM`` (gRPC loopback or BLS), and the custom
+metrics of both models.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TypeVar
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from padellm_ensemble.llm_client import LLM_OUTPUTS
 from padellm_ensemble.validation import ErrorCode, PadellmServingError, UpstreamError, upstream_code
-from padellm_ner.engine_metrics import ENGINE_METRICS
+from padellm_ner.engine_metrics import ENGINE_METRICS, REQUESTS_IN_FLIGHT
 
 __all__ = [
     "input_getter",
@@ -26,10 +27,13 @@ __all__ = [
     "llm_send",
     "error_response",
     "EngineMetrics",
+    "InFlightGauge",
     "FINAL",
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -198,3 +202,41 @@ class EngineMetrics:
                     self._seen[field_name] = value
             if self._active is not None:
                 self._active.set(float(num_active))
+
+
+class InFlightGauge:
+    """``padellm_requests_in_flight``: the orchestrator's extractions not yet answered in full.
+
+    Why: tritonserver can keep a model UNLOADING with nothing to do (a stream a client
+    dropped after Triton refused one of its requests holds it); ``serve``'s drain then
+    waited its whole timeout. With this gauge at 0 (and Triton's pending count) it knows.
+    Updated on the stub's event loop only, so a plain counter.
+    """
+
+    def __init__(self, model_name: str) -> None:
+        self._family = pb_utils.MetricFamily(
+            name=REQUESTS_IN_FLIGHT,
+            description="Extractions being answered (their final response not sent yet)",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self._gauge = self._family.Metric(labels={"model": model_name})
+        self._count = 0
+        self._gauge.set(0.0)
+
+    async def counted(self, work: Awaitable[_T]) -> _T:
+        """Await ``work`` (one request's handling), counted while it runs."""
+        self._add(1)
+        try:
+            return await work
+        finally:
+            self._add(-1)
+
+    def _add(self, delta: int) -> None:
+        self._count += delta
+        if self._gauge is not None:
+            self._gauge.set(float(self._count))
+
+    def stop(self) -> None:
+        """Drop the metric objects while the stub can still free them (see EngineMetrics.stop)."""
+        self._gauge = None
+        self._family = None

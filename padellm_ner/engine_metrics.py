@@ -7,7 +7,7 @@ importing it loads no torch: the orchestrator's stub imports ``triton_io`` too.
 
 from __future__ import annotations
 
-__all__ = ["ENGINE_METRICS"]
+__all__ = ["ENGINE_METRICS", "REQUESTS_IN_FLIGHT"]
 
 #: ``EngineStats`` field -> (metric name, help text).
 ENGINE_METRICS = {
@@ -23,3 +23,8 @@ ENGINE_METRICS = {
     "num_prompt_tokens_computed": ("padellm_llm_prompt_tokens_computed_total", "Prompt tokens run through a forward (the prefill work actually done)"),
     "num_prefill_slots": ("padellm_llm_prefill_slots_total", "Prefill columns run through a forward, padding included (slots - computed = padding)"),
 }
+
+#: The orchestrator's gauge (label ``model``): extractions it has not answered in full yet.
+#: ``serve``'s drain reads it to tell an orchestrator still at work from one tritonserver
+#: keeps from unloading with nothing left to do.
+REQUESTS_IN_FLIGHT = "padellm_requests_in_flight"

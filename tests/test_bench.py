@@ -330,3 +330,26 @@ def test_a_trained_model_under_another_methods_key_is_warned_about(capsys) -> No
     err = capsys.readouterr().err
     assert "--models ar_struct=default: that model was trained for padellm" in err
     assert "padellm=default" not in err
+
+
+def test_prometheus_text_is_read_by_name_and_labels() -> None:
+    """The one reader of the metrics port (bench load's counters, serve's drain): sums
+    over label sets, filters by labels, and an absent metric is None, not 0."""
+    from padellm_ner.prom_text import metric_sum, parse_samples
+
+    text = """# HELP padellm_requests_in_flight Extractions being answered
+# TYPE padellm_requests_in_flight gauge
+padellm_requests_in_flight{model="padellm"} 3
+nv_inference_pending_request_count{model="padellm",version="1"} 0
+nv_inference_pending_request_count{model="llm",version="1"} 2
+padellm_llm_forwards_total{model="llm"} 1.5e+03
+weird_label{path="a\\"b,c=d"} 7
+not a sample line
+"""
+    samples = list(parse_samples(text))
+    assert ("weird_label", {"path": 'a\\"b,c=d'}, 7.0) in samples
+    assert metric_sum(samples, "padellm_requests_in_flight", model="padellm") == 3
+    assert metric_sum(samples, "nv_inference_pending_request_count") == 2
+    assert metric_sum(samples, "nv_inference_pending_request_count", model="padellm") == 0
+    assert metric_sum(samples, "padellm_llm_forwards_total") == 1500
+    assert metric_sum(samples, "padellm_requests_in_flight", model="llm") is None

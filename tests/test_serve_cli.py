@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from padellm_ner.engine_metrics import REQUESTS_IN_FLIGHT
+from padellm_ner.prom_text import metric_sum, read_samples
 from padellm_ner.serving.triton_server import free_ports
 
 CLI = [sys.executable, "-m", "padellm_ner.cli"]
@@ -110,8 +112,10 @@ def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
             (repo,) = (p for p in tmp.glob("padellm-repo-*") if p.is_dir())
             assert (repo / "padellm" / "config.pbtxt").is_file()
             url = f"127.0.0.1:{grpc_port}"
+            metrics = f"http://127.0.0.1:{metrics_port}/metrics"
             with NERClient(url, timeout=300) as client:
                 expected = client.extract(text)
+                assert metric_sum(read_samples(metrics), REQUESTS_IN_FLIGHT, model="padellm") == 0
                 results: list = []
 
                 def one() -> None:
@@ -120,10 +124,15 @@ def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
                     except Exception as exc:  # noqa: BLE001 - the test reports it
                         results.append(exc)
 
-                threads = [threading.Thread(target=one) for _ in range(3)]
+                threads = [threading.Thread(target=one) for _ in range(8)]
                 for t in threads:
                     t.start()
-                time.sleep(1.0)  # NOTE: all three in flight (one takes several seconds here)
+                # NOTE: SIGTERM once all eight are in flight, by the gauge the drain reads
+                # (alone, one such request is over in under a second here: a fixed sleep
+                # let them finish before the signal and the test prove nothing)
+                while metric_sum(read_samples(metrics), REQUESTS_IN_FLIGHT, model="padellm") < len(threads):
+                    assert all(t.is_alive() for t in threads), results
+                    time.sleep(0.02)
                 serve.send_signal(signal.SIGTERM)
                 while "finishing the requests in flight" not in log_path.read_text():
                     assert serve.poll() is None, log_path.read_text()
@@ -132,13 +141,49 @@ def test_sigterm_lets_the_requests_in_flight_finish(tmp_path) -> None:
                     client.extract("Japan .")  # refused while the others finish
                 for t in threads:
                     t.join(timeout=300)
-            assert results == [expected] * 3, results
+            assert results == [expected] * len(threads), results
             assert serve.wait(timeout=120) == 0, log_path.read_text()
-            assert "still busy" not in log_path.read_text()
+            assert "still busy" not in log_path.read_text() and "still holds" not in log_path.read_text()
             assert not repo.exists() and not repo.with_name(repo.name + ".owner").exists()
         finally:
             if serve.poll() is None:
                 os.killpg(serve.pid, signal.SIGKILL)
+
+
+#: a client that sends a request Triton refuses (TEXT as INT32) on a stream, sees the
+#: error, then dies without closing the stream
+_DROPPER = """
+import sys, time
+import numpy as np
+import tritonclient.grpc as g
+client = g.InferenceServerClient(sys.argv[1])
+client.start_stream(callback=lambda result, error: print("refused" if error else "answered", flush=True))
+text = g.InferInput("TEXT", [1], "INT32")
+text.set_data_from_numpy(np.array([1], dtype=np.int32))
+client.async_stream_infer("padellm", [text])
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_stream_dropped_after_an_error_does_not_hold_the_drain(tmp_path) -> None:
+    """Such a stream keeps tritonserver from unloading ``padellm`` for good, with nothing
+    in flight (the model stays UNLOADING): the drain waited its whole --drain-timeout.
+    It now sees the orchestrator idle (its in-flight gauge and Triton's pending count at
+    0) and stops."""
+    with _serving(tmp_path, "--drain-timeout", "110") as port:
+        dropper = subprocess.Popen([sys.executable, "-c", _DROPPER, f"127.0.0.1:{port}"],
+                                   stdout=subprocess.PIPE, text=True, env=ENV)  # fmt: skip
+        try:
+            assert dropper.stdout.readline().strip() == "refused"
+        finally:
+            dropper.kill()
+            dropper.wait()
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    log = (tmp_path / "serve.log").read_text()
+    assert "tritonserver still holds padellm" in log and "still busy" not in log, log
+    assert took < 60, f"serve took {took:.0f} s to stop"
 
 
 def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path, capsys) -> None:

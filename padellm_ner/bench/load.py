@@ -230,21 +230,13 @@ def engine_stats_counters(loop: Any) -> Counters:
 def metrics_counters(url: str) -> Counters:
     """The served ``llm`` model's counters, scraped from Triton's metrics endpoint
     (Prometheus text; summed over label sets)."""
-    import urllib.request
-
     from padellm_ner.engine_metrics import ENGINE_METRICS
-
-    names = {ENGINE_METRICS[key][0]: key for key in ENGINE_COUNTERS}
+    from padellm_ner.prom_text import metric_sum, read_samples
 
     def read() -> dict[str, float]:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name in names:
-                out[names[name]] = out.get(names[name], 0.0) + float(line.rsplit(" ", 1)[1])
-        return out
+        samples = read_samples(url)
+        sums = {key: metric_sum(samples, ENGINE_METRICS[key][0]) for key in ENGINE_COUNTERS}
+        return {key: value for key, value in sums.items() if value is not None}
 
     return read
 

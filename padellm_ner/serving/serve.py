@@ -47,11 +47,15 @@ def _drain(server: TritonServer | None, timeout: float) -> None:
         return
     print(f"padellm-ner: finishing the requests in flight (up to {timeout:g} s; Ctrl-C again to cut)", flush=True)
     try:
-        left = server.drain([ORCHESTRATOR_MODEL], timeout)
+        result = server.drain([ORCHESTRATOR_MODEL], timeout)
+        left, held = result.busy, result.held
     except (KeyboardInterrupt, _Terminated):
-        left = ["(cut short)"]
+        left, held = ["(cut short)"], []
     except (OSError, TritonServerError) as exc:  # NOTE: best effort; stop() still stops it
-        left = [f"({exc})"]
+        left, held = [f"({exc})"], []
+    if held:
+        print(f"padellm-ner: nothing left in flight; tritonserver still holds {', '.join(held)} "
+              "(a stream a client dropped after an error); stopping", flush=True)  # fmt: skip
     if left:
         print(f"padellm-ner: still busy after the drain: {', '.join(left)}; stopping anyway", flush=True)
 

@@ -28,7 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from padellm_ner.engine_metrics import REQUESTS_IN_FLIGHT
+from padellm_ner.prom_text import metric_sum, read_samples
+
 __all__ = [
+    "DrainResult",
     "TritonServer",
     "TritonServerError",
     "TritonInstall",
@@ -43,6 +47,20 @@ logger = logging.getLogger(__name__)
 
 class TritonServerError(RuntimeError):
     """tritonserver is missing, did not become ready, or died."""
+
+
+#: how long a model must look idle while UNLOADING before the drain stops waiting for it
+#: (two metric reads at least: a request Triton has just handed over is counted by then)
+IDLE_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """What ``TritonServer.drain`` left: ``busy``, models still answering requests when the
+    timeout ran out; ``held``, models with nothing left that tritonserver did not unload."""
+
+    busy: list[str]
+    held: list[str]
 
 
 @dataclass(frozen=True)
@@ -345,16 +363,20 @@ class TritonServer:
         with urllib.request.urlopen(request, timeout=5) as resp:
             return {m["name"]: m.get("state", "") for m in json.loads(resp.read())}
 
-    def drain(self, models: list[str], timeout: float) -> list[str]:
+    def drain(self, models: list[str], timeout: float) -> DrainResult:
         """Unload ``models`` in order, each once its requests in flight are answered.
 
         New requests to a model are refused (NOT_FOUND) from the moment its unload starts;
-        the ones in flight run to the end, and the models they call stay loaded. Returns
-        the models still unloading when ``timeout`` ran out (``stop()`` then cuts them).
+        the ones in flight run to the end, and the models they call stay loaded. A model
+        that tritonserver keeps UNLOADING with nothing in flight (``_idle`` for
+        ``IDLE_GRACE_S``) is not waited for: a stream a client dropped after Triton refused
+        one of its requests holds it, which no wait ends (cf.
+        triton-inference-server/server#7626). ``stop()`` then cuts what is left.
         """
         if not self.drainable:
             raise TritonServerError("drain() needs TritonServer(drainable=True)")
         deadline = time.monotonic() + timeout
+        held: list[str] = []
         for i, model in enumerate(models):
             request = urllib.request.Request(
                 f"{self.http_url}/v2/repository/models/{model}/unload",
@@ -362,11 +384,32 @@ class TritonServer:
             )  # fmt: skip
             with urllib.request.urlopen(request, timeout=5):
                 pass
-            while self.model_states().get(model) in ("READY", "UNLOADING"):
-                if time.monotonic() > deadline:
-                    return models[i:]
+            idle_since = None
+            while (state := self.model_states().get(model)) in ("READY", "UNLOADING"):
+                now = time.monotonic()
+                if state == "UNLOADING" and self._idle(model):
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= IDLE_GRACE_S:
+                        held.append(model)
+                        break
+                else:
+                    idle_since = None
+                if now > deadline:
+                    return DrainResult(busy=models[i:], held=held)
                 time.sleep(0.1)
-        return []
+        return DrainResult(busy=[], held=held)
+
+    def _idle(self, model: str) -> bool:
+        """Nothing of ``model``'s left, by the metrics: no request queued by Triton and none
+        being answered (the orchestrator's ``padellm_requests_in_flight``). Unknown (no
+        metrics, a model without the gauge) is not idle."""
+        try:
+            samples = read_samples(self.metrics_url, timeout=2)
+        except OSError:
+            return False
+        in_flight = metric_sum(samples, REQUESTS_IN_FLIGHT, model=model)
+        pending = metric_sum(samples, "nv_inference_pending_request_count", model=model)
+        return in_flight == 0 and pending == 0
 
     @property
     def running(self) -> bool:

@@ -23,21 +23,26 @@ class TritonPythonModel:
             # editable-install finders, hence addsitedir rather than sys.path).
             site.addsitedir(params["python_site_packages"])
         from padellm_ensemble.orchestrator import build_orchestrator
-        from padellm_ensemble.triton_io import SenderSink, input_getter, llm_transport
+        from padellm_ensemble.triton_io import (
+            InFlightGauge,
+            SenderSink,
+            input_getter,
+            llm_transport,
+        )
 
         self._sink, self._getter = SenderSink, input_getter
         self.orchestrator = build_orchestrator(params, llm_transport(params))
+        self.in_flight = InFlightGauge(args["model_name"])
 
     async def execute(self, requests):
         # NOTE: decoupled + async: the stub does not wait for this coroutine before
         # taking the next batch, so requests of many calls run concurrently.
+        handle, counted = self.orchestrator.handle, self.in_flight.counted
         await asyncio.gather(
-            *(
-                self.orchestrator.handle(self._getter(r), self._sink(r.get_response_sender()))
-                for r in requests
-            )
+            *(counted(handle(self._getter(r), self._sink(r.get_response_sender()))) for r in requests)
         )
         return None
 
     def finalize(self):
         self.orchestrator.close()
+        self.in_flight.stop()
