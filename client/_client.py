@@ -497,6 +497,10 @@ class NERClient(_BaseClient):
                             raise APITimeoutError(f"no response within {timeout} s") from None
                         continue
                     if error is not None:
+                        # NOTE: an error answers the request: close the stream gracefully.
+                        # Cancelling it after an error Triton itself raised (an input the
+                        # model does not take) keeps that model from unloading, for good.
+                        done = True
                         raise map_exception(error) from error
                     assert result is not None
                     final = is_final_response(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,6 +185,33 @@ def test_a_stream_dropped_after_an_error_does_not_hold_the_drain(tmp_path) -> No
     log = (tmp_path / "serve.log").read_text()
     assert "tritonserver still holds padellm" in log and "still busy" not in log, log
     assert took < 60, f"serve took {took:.0f} s to stop"
+
+
+@pytest.mark.slow
+def test_an_sdk_call_triton_refuses_leaves_every_model_free_to_unload(tmp_path) -> None:
+    """The sync client cancelled its stream after any error; after one Triton itself raised
+    (``model_name='llm'``: inputs that model does not take) that kept ``llm`` loaded for
+    good, and tritonserver's stop ran out its exit timeout ("Exiting immediately"),
+    leaving the llm stub behind. Sync and async now close such streams gracefully."""
+    import asyncio
+
+    from padellm_client import AsyncNERClient, InvalidArgumentError, NERClient
+
+    with _serving(tmp_path) as port:
+        url = f"127.0.0.1:{port}"
+        with NERClient(url, model_name="llm", timeout=60) as wrong, pytest.raises(InvalidArgumentError):
+            wrong.extract("Japan .")
+
+        async def extract_async() -> None:
+            async with AsyncNERClient(url, model_name="llm", timeout=60) as wrong:
+                await wrong.extract("Japan .")
+
+        with pytest.raises(InvalidArgumentError):
+            asyncio.run(extract_async())
+    serve_log = (tmp_path / "serve.log").read_text()
+    server_log = Path(re.search(r"log (\S+-tritonserver\.log)", serve_log).group(1)).read_text()
+    assert "Exit timeout expired" not in server_log, server_log[-2000:]
+    assert "successfully unloaded 'llm'" in server_log
 
 
 def test_serve_refuses_a_taken_or_repeated_port_before_the_model_loads(tmp_path, capsys) -> None:
