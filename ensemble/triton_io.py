@@ -161,6 +161,7 @@ class EngineMetrics:
         self._families.append(family)
         self._active = family.Metric(labels=labels)
         self._seen: dict[str, float] = {}
+        self._active_value: int | None = None
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -200,8 +201,11 @@ class EngineMetrics:
                 if delta > 0:
                     metric.increment(delta)
                     self._seen[field_name] = value
-            if self._active is not None:
+            # NOTE: only on a change: an idle stub makes no call to tritonserver, which
+            # stops answering them once it is shutting down (the call then never returns)
+            if self._active is not None and num_active != self._active_value:
                 self._active.set(float(num_active))
+                self._active_value = num_active
 
 
 class InFlightGauge:
@@ -240,3 +244,4 @@ class InFlightGauge:
         """Drop the metric objects while the stub can still free them (see EngineMetrics.stop)."""
         self._gauge = None
         self._family = None
+

@@ -131,3 +131,34 @@ def test_tritonserver_stops_when_the_process_that_started_it_is_sigkilled(tmp_pa
         check_ports_free("127.0.0.1", {"grpc": grpc, "http": http, "metrics": metrics})
     finally:
         _kill_all(parent, server_pid)
+
+
+#: a stub stand-in: the switch armed, then once its parent is gone every Python thread
+#: stuck (a C call that keeps the GIL, as a metric call to a server that has gone did)
+_WEDGED_STUB = """
+import ctypes, os, time
+from padellm_ensemble.stub_lifetime import exit_with_server
+exit_with_server(grace_s=2.0)
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.05)  # GIL free: the switch keeps re-arming
+ctypes.PyDLL(None).sleep(600)  # NOTE: PyDLL keeps the GIL: no Python thread runs again
+"""
+
+
+def test_a_stub_wedged_in_its_exit_still_ends_once_tritonserver_is_gone() -> None:
+    """``stub_lifetime.exit_with_server``, as the model shims arm it: a process whose
+    Python threads are all stuck ends within its grace once its parent is gone (python_
+    backend's stub deadlocked in its own exit there), and not while the parent lives."""
+    parent, child = _spawn_parent(f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", {_WEDGED_STUB!r}])
+        print(child.pid, flush=True)
+        time.sleep(600)
+    """)
+    try:
+        assert not _gone(child, 4.0), "ended while its parent lived (grace 2 s)"
+        os.kill(parent.pid, signal.SIGKILL)
+        assert _gone(child, 10.0), "a wedged process outlived its parent"
+    finally:
+        _kill_all(parent, child)

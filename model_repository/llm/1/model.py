@@ -22,6 +22,7 @@ class TritonPythonModel:
             site.addsitedir(params["python_site_packages"])  # NOTE: see padellm/1/model.py
         from padellm_ensemble import triton_io
         from padellm_ensemble.llm_server import InflightLLMServer, LLMWireError, parse_llm_request
+        from padellm_ensemble.stub_lifetime import exit_with_server
         from padellm_ner.engine import EngineCore, EngineLoop
 
         self._io, self._parse, self._wire_error = triton_io, parse_llm_request, LLMWireError
@@ -38,6 +39,7 @@ class TritonPythonModel:
         self.metrics = triton_io.EngineMetrics(args["model_name"])
         self.server = InflightLLMServer(self.loop, on_finish=self._refresh_metrics)
         self.metrics.start_refresher(self._refresh_metrics)
+        self._stop_watch = exit_with_server()  # NOTE: last: a load may take minutes
 
     def _refresh_metrics(self):
         metrics = self.metrics  # NOTE: None once finalized
@@ -60,3 +62,4 @@ class TritonPythonModel:
         self.metrics.stop()
         self.loop.shutdown()
         self.metrics = None
+        self._stop_watch()

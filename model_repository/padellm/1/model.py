@@ -23,6 +23,7 @@ class TritonPythonModel:
             # editable-install finders, hence addsitedir rather than sys.path).
             site.addsitedir(params["python_site_packages"])
         from padellm_ensemble.orchestrator import build_orchestrator
+        from padellm_ensemble.stub_lifetime import exit_with_server
         from padellm_ensemble.triton_io import (
             InFlightGauge,
             SenderSink,
@@ -33,6 +34,7 @@ class TritonPythonModel:
         self._sink, self._getter = SenderSink, input_getter
         self.orchestrator = build_orchestrator(params, llm_transport(params))
         self.in_flight = InFlightGauge(args["model_name"])
+        self._stop_watch = exit_with_server()
 
     async def execute(self, requests):
         # NOTE: decoupled + async: the stub does not wait for this coroutine before
@@ -46,3 +48,4 @@ class TritonPythonModel:
     def finalize(self):
         self.orchestrator.close()
         self.in_flight.stop()
+        self._stop_watch()
