@@ -58,6 +58,8 @@ __all__ = ["AsyncNERClient", "ClientState", "NERClient"]
 
 # Extra seconds the sync client waits for the stream's own DEADLINE_EXCEEDED before giving up.
 _LOCAL_GRACE_S = 5.0
+#: how long ``AsyncNERClient.close`` waits for calls left early to end on their own
+_RETIRE_WAIT_S = 5.0
 # How often a running ``extract_many`` stream checks whether another text failed.
 _ABORT_POLL_S = 0.05
 
@@ -97,7 +99,7 @@ def _check_port(url: str) -> None:
 
 
 class _Aborted(Exception):
-    """Another text of the same ``extract_many`` failed; this one's stream was cancelled."""
+    """Another text of the same ``extract_many`` failed; this one's call was left."""
 
 
 def _check_timeout(timeout: float | None) -> float | None:
@@ -271,17 +273,11 @@ class _BaseClient:
         return f"{type(self).__name__}(url={self._url!r}, model_name={self._model_name!r})"
 
 
-def _stop_stream(client: triton_grpc.InferenceServerClient, *, cancel: bool) -> None:
-    """Stop the client's stream; with ``cancel`` abort the request still running."""
-    stream = getattr(client, "_stream", None)
+def _stop_stream(client: triton_grpc.InferenceServerClient) -> None:
+    """Half-close the client's stream and wait until the server ends it (never a cancel:
+    see ``NERClient._retire``)."""
     with contextlib.suppress(Exception):
-        client.stop_stream(cancel_requests=cancel)
-    if cancel and stream is not None:
-        # NOTE: after a cancel tritonclient 2.73 leaves grpc's request-iterator thread
-        # blocked on its queue; one None ends it instead of leaking a thread per call.
-        request_queue = getattr(stream, "_request_queue", None)
-        if request_queue is not None:
-            request_queue.put(None)
+        client.stop_stream(cancel_requests=False)
 
 
 class NERClient(_BaseClient):
@@ -294,6 +290,7 @@ class NERClient(_BaseClient):
     def _init_transport(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[triton_grpc.InferenceServerClient] = []
+        self._retiring: set[triton_grpc.InferenceServerClient] = set()
         self._idle.append(self._new_triton_client())  # bad settings fail here, not later
 
     def _new_triton_client(self) -> triton_grpc.InferenceServerClient:
@@ -302,6 +299,8 @@ class NERClient(_BaseClient):
 
     @contextlib.contextmanager
     def _acquire(self) -> Iterator[triton_grpc.InferenceServerClient]:
+        """A connection of the pool for one call; back to the pool after, unless the call
+        hands it to ``_retire``."""
         with self._lock:
             self._check_open()
             client = self._idle.pop() if self._idle else None
@@ -311,12 +310,40 @@ class NERClient(_BaseClient):
             yield client
         finally:
             with self._lock:
-                keep = self._state is not ClientState.CLOSED
-                if keep:
-                    self._idle.append(client)
-            if not keep:
-                with contextlib.suppress(Exception):
-                    client.close()
+                retiring = client in self._retiring
+            if not retiring:
+                self._release(client)
+
+    def _release(self, client: triton_grpc.InferenceServerClient) -> None:
+        with self._lock:
+            keep = self._state is not ClientState.CLOSED
+            if keep:
+                self._idle.append(client)
+        if not keep:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _retire(self, client: triton_grpc.InferenceServerClient) -> None:
+        """End the stream of a call left before its final response, without cancelling it.
+
+        Why: cancelling a gRPC stream trips tritonserver 2.51. The model that served it can
+        then never unload (a drain or a stop waits out its timeout; ~28 KB of server memory
+        each), and a client that keeps leaving ``stream()`` early deadlocked the server's
+        stream handler (every extraction hung while /ready said 200). So the call is
+        half-closed and the server finishes the request, within the call's deadline, in a
+        background thread; its responses are dropped and the connection goes back to the
+        pool after.
+        """
+        with self._lock:
+            self._retiring.add(client)
+
+        def run() -> None:
+            _stop_stream(client)
+            with self._lock:
+                self._retiring.discard(client)
+            self._release(client)
+
+        threading.Thread(target=run, name="padellm-client-retire", daemon=True).start()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -382,7 +409,9 @@ class NERClient(_BaseClient):
     ) -> list[list[Entity]]:
         """``extract`` for each text, at most ``concurrency`` at a time; results in input order.
 
-        ``timeout`` applies to each text. The first error is raised and cancels the rest.
+        ``timeout`` applies to each text. The first error is raised at once; the texts in
+        flight are left (the server finishes them, their results are dropped) and the
+        ones not sent yet are not sent.
         """
         requests, concurrency, seconds = self._prepare_many(
             texts,
@@ -395,7 +424,7 @@ class NERClient(_BaseClient):
         if not requests:
             return []
         workers = min(concurrency, len(requests))
-        abort = threading.Event()  # NOTE: set on the first error: running streams cancel
+        abort = threading.Event()  # NOTE: set on the first error: running calls are left
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="padellm-client") as pool:
             futures = [pool.submit(self._collect, inputs, seconds, abort) for inputs in requests]
             try:
@@ -422,7 +451,8 @@ class NERClient(_BaseClient):
         """Yield one :class:`LabelResult` per label as the server finishes it.
 
         Arguments are checked now; the request is sent when iteration starts. Leaving the
-        loop early cancels the request.
+        loop early stops reading: the server finishes the request and the rest of its
+        responses are dropped (a cancelled stream trips tritonserver 2.51: ``_retire``).
         """
         inputs, seconds = self._prepare(
             text,
@@ -455,7 +485,7 @@ class NERClient(_BaseClient):
         self, inputs: list[InferInput], timeout: float | None, abort: threading.Event | None = None
     ) -> Iterator[InferResult]:
         """Send one request on a new stream; yield its non-empty responses until the final
-        one. ``abort`` (set by another thread) cancels the request and ends the stream."""
+        one. ``abort`` (set by another thread) leaves the call (``_retire``)."""
         with self._acquire() as client:
             results: queue.SimpleQueue[tuple[InferResult | None, Exception | None]]
             results = queue.SimpleQueue()
@@ -510,7 +540,10 @@ class NERClient(_BaseClient):
                         done = True
                         return
             finally:
-                _stop_stream(client, cancel=not done)
+                if done:
+                    _stop_stream(client)
+                else:
+                    self._retire(client)
 
 
 class AsyncNERClient(_BaseClient):
@@ -520,6 +553,27 @@ class AsyncNERClient(_BaseClient):
         # Created on first use, inside the running event loop that grpc.aio binds it to.
         self._client: triton_aio.InferenceServerClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _retire(self, responses: Any) -> None:
+        """Let a call left before its final response end without a cancel: the request
+        iterator has half-closed the stream, so the server finishes the request (within
+        the call's deadline) while a task drops its responses. Why not cancel: see
+        ``NERClient._retire``."""
+
+        async def drain() -> None:
+            with contextlib.suppress(Exception):
+                async for _ in responses:
+                    pass
+
+        try:
+            task = asyncio.get_running_loop().create_task(drain())
+        except RuntimeError:  # NOTE: no loop left (interpreter exit): nothing to wait in
+            with contextlib.suppress(Exception):
+                responses.cancel()
+            return
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _get_client(self) -> triton_aio.InferenceServerClient:
         self._check_open()
@@ -549,8 +603,16 @@ class AsyncNERClient(_BaseClient):
         await self.close()
 
     async def close(self) -> None:
-        """Close the connection. Calls after this raise ``RuntimeError``."""
+        """Close the connection. Calls after this raise ``RuntimeError``.
+
+        Calls left early and still ending (``_retire``) get up to ``_RETIRE_WAIT_S`` first:
+        closing the channel would cancel them.
+        """
         self._state = ClientState.CLOSED
+        loop = asyncio.get_running_loop()
+        retiring = [task for task in self._retiring if task.get_loop() is loop]
+        if retiring:
+            await asyncio.wait(retiring, timeout=_RETIRE_WAIT_S)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -597,7 +659,9 @@ class AsyncNERClient(_BaseClient):
     ) -> list[list[Entity]]:
         """``extract`` for each text, at most ``concurrency`` at a time; results in input order.
 
-        ``timeout`` applies to each text. The first error is raised and cancels the rest.
+        ``timeout`` applies to each text. The first error is raised at once; the texts in
+        flight are left (the server finishes them, their results are dropped) and the
+        ones not started are not sent.
         """
         requests, concurrency, seconds = self._prepare_many(
             texts,
@@ -634,7 +698,8 @@ class AsyncNERClient(_BaseClient):
         """Yield one :class:`LabelResult` per label as the server finishes it (``async for``).
 
         Arguments are checked now; the request is sent when iteration starts. Leaving the
-        loop early cancels the request.
+        loop early stops reading: the server finishes the request and the rest of its
+        responses are dropped (a cancelled stream trips tritonserver 2.51: ``_retire``).
         """
         inputs, seconds = self._prepare(
             text,
@@ -711,5 +776,4 @@ class AsyncNERClient(_BaseClient):
                 raise
         finally:
             if not done:
-                with contextlib.suppress(Exception):
-                    responses.cancel()
+                self._retire(responses)

@@ -639,8 +639,8 @@ def test_sync_extract_many_order_and_concurrency(fake_server):
 
 
 def test_sync_extract_many_raises_the_first_error_at_once(fake_server):
-    """The first error ends the call and cancels the running streams; it used to wait
-    for every text already sent (and for the earlier texts in input order)."""
+    """The first error ends the call and leaves the running ones; it used to wait for
+    every text already sent (and for the earlier texts in input order)."""
     with NERClient(f"127.0.0.1:{fake_server.port}", timeout=10) as client:
         t0 = time.monotonic()
         with pytest.raises(InvalidArgumentError):

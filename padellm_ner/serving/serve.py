@@ -55,7 +55,7 @@ def _drain(server: TritonServer | None, timeout: float) -> None:
         left, held = [f"({exc})"], []
     if held:
         print(f"padellm-ner: nothing left in flight; tritonserver still holds {', '.join(held)} "
-              "(a stream a client dropped after an error); stopping", flush=True)  # fmt: skip
+              "(a gRPC stream a client cancelled); stopping", flush=True)  # fmt: skip
     if left:
         print(f"padellm-ner: still busy after the drain: {', '.join(left)}; stopping anyway", flush=True)
 

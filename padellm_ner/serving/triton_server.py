@@ -369,9 +369,9 @@ class TritonServer:
         New requests to a model are refused (NOT_FOUND) from the moment its unload starts;
         the ones in flight run to the end, and the models they call stay loaded. A model
         that tritonserver keeps UNLOADING with nothing in flight (``_idle`` for
-        ``IDLE_GRACE_S``) is not waited for: a stream a client dropped after Triton refused
-        one of its requests holds it, which no wait ends (cf.
-        triton-inference-server/server#7626). ``stop()`` then cuts what is left.
+        ``IDLE_GRACE_S``) is not waited for: a gRPC stream a client cancelled can hold it,
+        which no wait ends (tritonserver 2.51; cf. triton-inference-server/server#7626).
+        ``stop()`` then cuts what is left.
         """
         if not self.drainable:
             raise TritonServerError("drain() needs TritonServer(drainable=True)")
