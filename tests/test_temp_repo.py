@@ -78,3 +78,30 @@ def test_a_new_repository_is_empty_for_the_assembler(tmp_path: Path) -> None:
     repo = make_temp_repo(tmp_path)
     assert list(repo.iterdir()) == []
     assert json.loads(repo.with_name(repo.name + ".owner").read_text())["pid"] == os.getpid()
+
+
+def test_stale_stub_shared_memory_is_swept_and_live_regions_are_kept(tmp_path) -> None:
+    """python_backend regions nobody maps or holds open are removed; one mapped by a live
+    process, one held open, a fresh one (its server may be starting) and other files stay."""
+    import mmap
+    import time
+
+    from padellm_ner.serving.shm_sweep import SHM_PREFIX, sweep_stale_shm_regions
+
+    old = time.time() - 3600
+
+    def region(name: str, age: float = old) -> Path:
+        path = tmp_path / f"{SHM_PREFIX}{name}"
+        path.write_bytes(b"\0" * 4096)
+        os.utime(path, (age, age))
+        return path
+
+    stale, mapped, held, fresh = region("stale"), region("mapped"), region("held"), region("fresh", time.time())
+    other = tmp_path / "not-a-triton-region"
+    other.write_bytes(b"x")
+    os.utime(other, (old, old))
+    with mapped.open("r+b") as f, mmap.mmap(f.fileno(), 4096), held.open("rb"):
+        with mapped.open("rb"):
+            pass
+        assert sweep_stale_shm_regions(tmp_path) == [stale]
+    assert not stale.exists() and mapped.exists() and held.exists() and fresh.exists() and other.exists()

@@ -10,6 +10,7 @@ from pathlib import Path
 from padellm_ner.errors import InvalidInputError
 from padellm_ner.labels import check_labels
 from padellm_ner.serving.loopback_tls import LoopbackTLS, check_loopback, loopback_tls
+from padellm_ner.serving.shm_sweep import sweep_stale_shm_regions
 from padellm_ner.serving.temp_repo import make_temp_repo, remove_temp_repo, sweep_stale_repos
 from padellm_ner.serving.triton_server import (
     TritonServer,
@@ -162,6 +163,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--repository {args.repository} is a file; give a folder")
     if temp:
         sweep_stale_repos()  # NOTE: what SIGKILLed serves left behind
+    sweep_stale_shm_regions()  # NOTE: and what stubs that ended without an unload left
     repo = make_temp_repo() if temp else Path(args.repository)
     ours = (repo / "padellm" / "config.pbtxt").exists()
     if not temp and repo.exists() and any(repo.iterdir()) and not ours:
