@@ -1,10 +1,10 @@
 """A Python-backend stub must not outlive tritonserver: a dead-man switch for both models.
 
 Why: a tritonserver that exits without unloading a model (its exit timeout ran out, e.g.
-on a model a dropped stream holds) leaves the stub to notice on its own. python_backend
-2.51's stub then deadlocks in its exit when a thread of ours is inside a call to the
-server (a metric update), which no longer answers: an orphan that keeps the model's
-memory for good (seen here, 0.5-1.5 GB each, one per test session). Triton-free and
+on a model a cancelled gRPC stream holds) leaves the stub to notice on its own.
+python_backend 2.51's stub then deadlocks in its exit when a thread of ours is inside a
+call to the server (a metric update), which no longer answers: an orphan that keeps the
+model's memory for good (seen here: six of them, 0.5-1.5 GB each). Triton-free and
 stdlib-only, so the tests run it in a plain process.
 """
 

@@ -212,8 +212,8 @@ class InFlightGauge:
     """``padellm_requests_in_flight``: the orchestrator's extractions not yet answered in full.
 
     Why: tritonserver can keep a model UNLOADING with nothing to do (a gRPC stream a
-    client cancelled can hold it); ``serve``'s drain then
-    waited its whole timeout. With this gauge at 0 (and Triton's pending count) it knows.
+    client cancelled can hold it); ``serve``'s drain then waited its whole timeout. With
+    this gauge at 0 (and Triton's pending count) it knows.
     Updated on the stub's event loop only, so a plain counter.
     """
 
