@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -280,6 +281,14 @@ def _stop_stream(client: triton_grpc.InferenceServerClient) -> None:
         client.stop_stream(cancel_requests=False)
 
 
+@dataclass
+class _Lease:
+    """A pooled connection lent to one call; ``retire``: its stream is still running."""
+
+    client: triton_grpc.InferenceServerClient
+    retire: bool = False
+
+
 class NERClient(_BaseClient):
     """Blocking client. Thread-safe: each concurrent call gets its own gRPC stream.
 
@@ -290,7 +299,6 @@ class NERClient(_BaseClient):
     def _init_transport(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[triton_grpc.InferenceServerClient] = []
-        self._retiring: set[triton_grpc.InferenceServerClient] = set()
         self._idle.append(self._new_triton_client())  # bad settings fail here, not later
 
     def _new_triton_client(self) -> triton_grpc.InferenceServerClient:
@@ -298,20 +306,21 @@ class NERClient(_BaseClient):
             return triton_grpc.InferenceServerClient(**self._triton_kwargs)
 
     @contextlib.contextmanager
-    def _acquire(self) -> Iterator[triton_grpc.InferenceServerClient]:
-        """A connection of the pool for one call; back to the pool after, unless the call
-        hands it to ``_retire``."""
+    def _acquire(self) -> Iterator[_Lease]:
+        """A connection of the pool for one call; back to the pool after, or once its
+        stream has ended when the call set ``lease.retire`` (``_retire``)."""
         with self._lock:
             self._check_open()
             client = self._idle.pop() if self._idle else None
         if client is None:
             client = self._new_triton_client()
+        lease = _Lease(client)
         try:
-            yield client
+            yield lease
         finally:
-            with self._lock:
-                retiring = client in self._retiring
-            if not retiring:
+            if lease.retire:
+                self._retire(client)
+            else:
                 self._release(client)
 
     def _release(self, client: triton_grpc.InferenceServerClient) -> None:
@@ -334,13 +343,9 @@ class NERClient(_BaseClient):
         background thread; its responses are dropped and the connection goes back to the
         pool after.
         """
-        with self._lock:
-            self._retiring.add(client)
 
         def run() -> None:
             _stop_stream(client)
-            with self._lock:
-                self._retiring.discard(client)
             self._release(client)
 
         threading.Thread(target=run, name="padellm-client-retire", daemon=True).start()
@@ -373,7 +378,8 @@ class NERClient(_BaseClient):
     def is_ready(self, *, timeout: float | None | NotGiven = NOT_GIVEN) -> bool:
         """True when the server is live and the model is loaded and ready."""
         seconds = self._resolve_timeout(timeout)
-        with self._acquire() as client:
+        with self._acquire() as lease:
+            client = lease.client
             try:
                 with map_exceptions():
                     return bool(client.is_server_live(client_timeout=seconds)) and bool(
@@ -486,7 +492,8 @@ class NERClient(_BaseClient):
     ) -> Iterator[InferResult]:
         """Send one request on a new stream; yield its non-empty responses until the final
         one. ``abort`` (set by another thread) leaves the call (``_retire``)."""
-        with self._acquire() as client:
+        with self._acquire() as lease:
+            client = lease.client
             results: queue.SimpleQueue[tuple[InferResult | None, Exception | None]]
             results = queue.SimpleQueue()
 
@@ -543,7 +550,7 @@ class NERClient(_BaseClient):
                 if done:
                     _stop_stream(client)
                 else:
-                    self._retire(client)
+                    lease.retire = True
 
 
 class AsyncNERClient(_BaseClient):
