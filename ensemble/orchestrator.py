@@ -36,6 +36,7 @@ __all__ = [
     "OrchestratorConfig",
     "Orchestrator",
     "ResponseSink",
+    "FinalGuard",
     "entity_tensors",
     "build_orchestrator",
 ]
@@ -137,6 +138,7 @@ class Orchestrator:
 
     async def handle(self, get: Callable[[str], np.ndarray | None], sink: ResponseSink) -> None:
         """Validate, extract and respond; never raises (errors become error responses)."""
+        sink = FinalGuard(sink)
         try:
             request = self.parse(get)
             task = asyncio.ensure_future(self._extract(request, sink))
@@ -233,6 +235,37 @@ class Orchestrator:
             sink.send(None, final=True)
         except Exception:
             logger.debug("could not close a cancelled request", exc_info=True)
+
+
+class FinalGuard:
+    """A ``ResponseSink`` that touches its sender no more once the final response is sent.
+
+    Why: python_backend 2.51 frees a request's response factory with its final response;
+    ``is_cancelled()`` asked after that made tritonserver read freed memory and crash
+    (SIGSEGV in ``TRITONBACKEND_ResponseFactoryIsCancelled``, seen after ~130 streamed
+    requests). ``handle`` polls for a cancel until its task ends, and a streamed request
+    sends its final response from inside that task, so the poll could come after it.
+    """
+
+    def __init__(self, sink: ResponseSink) -> None:
+        self.sink = sink
+        self.finished = False
+
+    def send(
+        self,
+        outputs: Mapping[str, np.ndarray] | None,
+        *,
+        error: PadellmServingError | None = None,
+        final: bool = False,
+    ) -> None:
+        if self.finished:
+            logger.debug("a response after the final one was dropped")
+            return
+        self.finished = final
+        self.sink.send(outputs, error=error, final=final)
+
+    def is_cancelled(self) -> bool:
+        return not self.finished and self.sink.is_cancelled()
 
 
 def _flag(value: str | None, default: bool) -> bool:

@@ -594,3 +594,34 @@ def test_upstream_code_keeps_an_llm_refusal_invalid_argument():
     assert upstream_code("[INVALID_ARGUMENT] text too long for this model") == ErrorCode.INVALID_ARGUMENT
     assert upstream_code("[INTERNAL] engine error: boom") == ErrorCode.INTERNAL
     assert upstream_code("failed to connect to all addresses") == ErrorCode.UNAVAILABLE
+
+
+def test_the_sender_is_left_alone_once_the_final_response_is_sent():
+    """python_backend 2.51 frees a response factory with the final response: asking it
+    ``is_cancelled()`` afterwards crashed tritonserver (SIGSEGV). ``handle`` polls for a
+    cancel until its task ends, after a streamed request's final response; the guard
+    answers for the sender then, and drops anything sent after the final response."""
+    from padellm_ensemble.orchestrator import FinalGuard
+
+    class _StrictSink(_Sink):
+        def is_cancelled(self):
+            assert not any(final for *_, final in self.sent), "is_cancelled() after the final response"
+            return False
+
+    inner = _StrictSink()
+    guard = FinalGuard(inner)
+    assert guard.is_cancelled() is False
+    guard.send({"x": 1}, final=False)
+    assert guard.is_cancelled() is False
+    guard.send({"x": 2}, final=True)
+    assert guard.is_cancelled() is False  # answered by the guard, the sender is not asked
+    guard.send(None, final=True)  # e.g. a late cancel's closing response
+    assert [final for *_, final in inner.sent] == [False, True]
+
+    # and handle() goes through it: every request, streamed or not, ends with one final
+    orch = _orchestrator()
+    for stream in (False, True):
+        sink = _StrictSink()
+        request = {"TEXT": np.array([b"P"], dtype=object), "STREAM": np.array([stream])}
+        asyncio.run(orch.handle(request.get, sink))
+        assert [final for *_, final in sink.sent].count(True) == 1 and sink.sent[-1][2]
