@@ -19,7 +19,7 @@ from padellm_ner.cli_types import device_name, hedge_threshold, int_at_least, in
 from padellm_ner.errors import PadellmError
 from padellm_ner.limits import MAX_BATCH_WINDOW_US
 from padellm_ner.model_info import META_FILE, read_model_info
-from padellm_ner.models import DTYPES
+from padellm_ner.models import DTYPE_CHOICES
 from padellm_ner.serving.loopback_tls import LoopbackTLS
 
 __all__ = ["TEMPLATE_DIR", "DEFAULT_LABELS", "assemble_repository", "model_labels", "main"]
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", nargs="+")
     parser.add_argument("--llm-backend", choices=["python", "tensorrtllm"], default="python")
     parser.add_argument("--device", type=device_name, default="cpu", help="the llm model's: cpu, cuda, cuda:N or auto")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="float32")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
     parser.add_argument("--max-batch-size", type=int_at_least(1), default=None,
                         help="sequences the LLM batches (default 64; with --trtllm-profile, the engine's)")
     parser.add_argument("--trtllm-profile", choices=["a100", "h100"],

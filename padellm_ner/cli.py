@@ -25,7 +25,7 @@ from padellm_ner.errors import PadellmError
 from padellm_ner.extract import MODEL_DEFAULTS
 from padellm_ner.lang import LANGS
 from padellm_ner.limits import MAX_BATCH_WINDOW_US
-from padellm_ner.models import DTYPES
+from padellm_ner.models import DTYPE_CHOICES
 
 __all__ = ["main", "build_parser"]
 
@@ -37,9 +37,6 @@ _HANDLERS = {
     "evaluate": "padellm_ner.evaluate:run_evaluate",
     "bench": "padellm_ner.bench.cli:run_bench",
 }
-
-
-_DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -73,7 +70,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "an HF folder or a LoRA adapter folder")
     p.add_argument("--device", default=MODEL_DEFAULTS["device"],
                    help=f"cpu, cuda, cuda:N or auto (default: {MODEL_DEFAULTS['device']})")
-    p.add_argument("--dtype", default=MODEL_DEFAULTS["dtype"], choices=_DTYPE_CHOICES,
+    p.add_argument("--dtype", default=MODEL_DEFAULTS["dtype"], choices=DTYPE_CHOICES,
                    help=f"weights' dtype (default: {MODEL_DEFAULTS['dtype']}: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-batch-size", type=int_at_least(1), default=MODEL_DEFAULTS["max_batch_size"],
                    help=f"sequences decoded together (default: {MODEL_DEFAULTS['max_batch_size']})")
@@ -210,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", required=True, help="method=DIR[,method=DIR...] (padellm, ar_aug, ar_struct, onestep)")
     b.add_argument("--server", help="also time the padellm model through Triton at host:port")
     b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    b.add_argument("--dtype", default="auto", choices=_DTYPE_CHOICES,
+    b.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     b.add_argument("--out", default="docs/benchmarks", help="folder for the table and chart")
     b.add_argument("--max-new-tokens", type=int_at_least(1), default=160, help="token limit of the baselines' one sequence")
@@ -224,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     # NOTE: defaults None: with --server they are refused (the server's model decides);
     # bench.load.IN_PROCESS_DEFAULTS fills them for --model
     b.add_argument("--device", default=None, help="--model: cpu, cuda, cuda:N or auto (default)")
-    b.add_argument("--dtype", default=None, choices=_DTYPE_CHOICES,
+    b.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
                    help="--model: the weights' dtype (default auto)")
     b.add_argument("--batch-window-us", type=int_between(0, MAX_BATCH_WINDOW_US), default=None,
                    help="--model: when idle, wait this long for more requests before a step, "
@@ -251,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--budget-minutes", type=float_above(0), default=9.0,
                    help="wall-clock budget; rerun the same command to continue after a cut")
     b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    b.add_argument("--dtype", default="float32", choices=_DTYPE_CHOICES,
+    b.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
                    help="evaluate and bench dtype (float32: scores comparable with CPU runs; bf16 "
                         "rounds the log-probs that counts and de-dup compare); training: bf16 autocast on CUDA")
     b.add_argument("--epochs", type=float_above(0), default=4.0, help="train's --epochs, every method")

@@ -36,12 +36,15 @@ __all__ = [
     "avoid_cudnn_attention",
     "pick_device",
     "DTYPES",
+    "DTYPE_CHOICES",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: the weight dtypes a model loads in (``auto`` resolves to one of them per device)
 DTYPES = ("float32", "bfloat16", "float16")
+#: what a ``--dtype`` option accepts: a dtype, or auto (bfloat16 on CUDA, float32 on CPU)
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 class ModelNotFoundError(PadellmError, FileNotFoundError):
