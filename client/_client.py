@@ -15,10 +15,12 @@ import contextlib
 import enum
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import TracebackType
@@ -59,8 +61,9 @@ __all__ = ["AsyncNERClient", "ClientState", "NERClient"]
 
 # Extra seconds the sync client waits for the stream's own DEADLINE_EXCEEDED before giving up.
 _LOCAL_GRACE_S = 5.0
-#: how long ``AsyncNERClient.close`` waits for calls left early to end on their own
-_RETIRE_WAIT_S = 5.0
+#: how long ``close()`` waits for a call left early to end on its own, when the call has no
+#: deadline (one with a deadline is waited for until it, plus ``_LOCAL_GRACE_S``)
+_RETIRE_WAIT_S = 30.0
 # How often a running ``extract_many`` stream checks whether another text failed.
 _ABORT_POLL_S = 0.05
 
@@ -281,12 +284,22 @@ def _stop_stream(client: triton_grpc.InferenceServerClient) -> None:
         client.stop_stream(cancel_requests=False)
 
 
+def _wait_bound(deadlines: Iterable[float | None], now: float) -> float:
+    """Seconds ``close()`` waits for the calls left early with these deadlines to end."""
+    return max(
+        _RETIRE_WAIT_S if deadline is None else max(0.0, deadline - now) + _LOCAL_GRACE_S
+        for deadline in deadlines
+    )
+
+
 @dataclass
 class _Lease:
-    """A pooled connection lent to one call; ``retire``: its stream is still running."""
+    """A pooled connection lent to one call; ``retire``: its stream is still running;
+    ``deadline``: when the call's own timeout ends it (``time.monotonic()``)."""
 
     client: triton_grpc.InferenceServerClient
     retire: bool = False
+    deadline: float | None = None
 
 
 class NERClient(_BaseClient):
@@ -300,6 +313,9 @@ class NERClient(_BaseClient):
         self._lock = threading.Lock()
         self._idle: list[triton_grpc.InferenceServerClient] = []
         self._idle.append(self._new_triton_client())  # bad settings fail here, not later
+        # the streams a caller may still hold, and the calls left early still ending
+        self._streams: weakref.WeakSet[Generator[InferResult, None, None]] = weakref.WeakSet()
+        self._retiring: dict[threading.Thread, float | None] = {}
 
     def _new_triton_client(self) -> triton_grpc.InferenceServerClient:
         with map_exceptions():
@@ -319,7 +335,7 @@ class NERClient(_BaseClient):
             yield lease
         finally:
             if lease.retire:
-                self._retire(client)
+                self._retire(client, lease.deadline)
             else:
                 self._release(client)
 
@@ -332,7 +348,7 @@ class NERClient(_BaseClient):
             with contextlib.suppress(Exception):
                 client.close()
 
-    def _retire(self, client: triton_grpc.InferenceServerClient) -> None:
+    def _retire(self, client: triton_grpc.InferenceServerClient, deadline: float | None) -> None:
         """End the stream of a call left before its final response, without cancelling it.
 
         Why: cancelling a gRPC stream trips tritonserver 2.51. The model that served it can
@@ -341,14 +357,25 @@ class NERClient(_BaseClient):
         stream handler (every extraction hung while /ready said 200). So the call is
         half-closed and the server finishes the request, within the call's deadline, in a
         background thread; its responses are dropped and the connection goes back to the
-        pool after.
+        pool after. ``close()`` waits for that thread, until ``deadline``.
         """
+        if sys.is_finalizing():
+            # NOTE: a stream still held at interpreter exit: no thread can start now
+            # (Python 3.11 hangs in Thread.start), so the stream goes with the process
+            return
 
         def run() -> None:
-            _stop_stream(client)
-            self._release(client)
+            try:
+                _stop_stream(client)
+                self._release(client)
+            finally:
+                with self._lock:
+                    self._retiring.pop(thread, None)
 
-        threading.Thread(target=run, name="padellm-client-retire", daemon=True).start()
+        thread = threading.Thread(target=run, name="padellm-client-retire", daemon=True)
+        with self._lock:
+            self._retiring[thread] = deadline
+        thread.start()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -365,9 +392,24 @@ class NERClient(_BaseClient):
         self.close()
 
     def close(self) -> None:
-        """Close the connections. Calls after this raise ``RuntimeError``."""
+        """Close the connections. Calls after this raise ``RuntimeError``.
+
+        A ``stream()`` still held is left (as a ``break`` leaves it), and calls left early
+        get until their deadline to end (``_retire``): a stream cut by the process's exit
+        would be a cancel too.
+        """
         with self._lock:
             self._state = ClientState.CLOSED
+        for stream in list(self._streams):
+            with contextlib.suppress(ValueError):  # running in another thread: it goes on
+                stream.close()
+        with self._lock:
+            retiring = dict(self._retiring)
+        if retiring:
+            until = time.monotonic() + _wait_bound(retiring.values(), time.monotonic())
+            for thread in retiring:
+                thread.join(max(0.0, until - time.monotonic()))
+        with self._lock:
             idle, self._idle = self._idle, []
         for client in idle:
             with contextlib.suppress(Exception):
@@ -483,7 +525,9 @@ class NERClient(_BaseClient):
     def _label_results(
         self, inputs: list[InferInput], timeout: float | None
     ) -> Iterator[LabelResult]:
-        with contextlib.closing(self._responses(inputs, timeout)) as responses:
+        responses = self._responses(inputs, timeout)
+        self._streams.add(responses)
+        with contextlib.closing(responses):
             for result in responses:
                 yield decode_label_result(result)
 
@@ -494,6 +538,7 @@ class NERClient(_BaseClient):
         one. ``abort`` (set by another thread) leaves the call (``_retire``)."""
         with self._acquire() as lease:
             client = lease.client
+            lease.deadline = None if timeout is None else time.monotonic() + timeout
             results: queue.SimpleQueue[tuple[InferResult | None, Exception | None]]
             results = queue.SimpleQueue()
 
@@ -560,13 +605,18 @@ class AsyncNERClient(_BaseClient):
         # Created on first use, inside the running event loop that grpc.aio binds it to.
         self._client: triton_aio.InferenceServerClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        # the streams a caller may still hold (and their loop), and the calls left early
+        # still ending (and their deadline, in loop time)
+        self._streams: weakref.WeakKeyDictionary[
+            AsyncGenerator[InferResult, None], asyncio.AbstractEventLoop
+        ] = weakref.WeakKeyDictionary()
+        self._retiring: dict[asyncio.Task[None], float | None] = {}
 
-    def _retire(self, responses: Any) -> None:
+    def _retire(self, responses: Any, deadline: float | None) -> None:
         """Let a call left before its final response end without a cancel: the request
         iterator has half-closed the stream, so the server finishes the request (within
         the call's deadline) while a task drops its responses. Why not cancel: see
-        ``NERClient._retire``."""
+        ``NERClient._retire``. ``close()`` waits for that task, until ``deadline``."""
 
         async def drain() -> None:
             with contextlib.suppress(Exception):
@@ -579,8 +629,8 @@ class AsyncNERClient(_BaseClient):
             with contextlib.suppress(Exception):
                 responses.cancel()
             return
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = deadline
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     def _get_client(self) -> triton_aio.InferenceServerClient:
         self._check_open()
@@ -612,14 +662,24 @@ class AsyncNERClient(_BaseClient):
     async def close(self) -> None:
         """Close the connection. Calls after this raise ``RuntimeError``.
 
-        Calls left early and still ending (``_retire``) get up to ``_RETIRE_WAIT_S`` first:
-        closing the channel would cancel them.
+        A ``stream()`` still held is left (as a ``break`` leaves it: asyncio closes a
+        generator left by ``break`` only later, so it is still held here), and calls left
+        early get until their deadline to end (``_retire``): closing the channel would
+        cancel them.
         """
         self._state = ClientState.CLOSED
         loop = asyncio.get_running_loop()
-        retiring = [task for task in self._retiring if task.get_loop() is loop]
+        for stream, stream_loop in list(self._streams.items()):
+            if stream_loop is loop:
+                with contextlib.suppress(RuntimeError):  # running: a call in another task
+                    await stream.aclose()
+        retiring = {
+            task: deadline
+            for task, deadline in self._retiring.items()
+            if task.get_loop() is loop and not task.done()
+        }
         if retiring:
-            await asyncio.wait(retiring, timeout=_RETIRE_WAIT_S)
+            await asyncio.wait(retiring, timeout=_wait_bound(retiring.values(), loop.time()))
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
@@ -722,19 +782,27 @@ class AsyncNERClient(_BaseClient):
 
     async def _collect(self, inputs: list[InferInput], timeout: float | None) -> list[Entity]:
         entities: list[Entity] = []
-        async for result in self._responses(inputs, timeout):
+        async for result in self._open(inputs, timeout):
             entities.extend(decode_entities(result))
         return entities
 
     async def _label_results(
         self, inputs: list[InferInput], timeout: float | None
     ) -> AsyncIterator[LabelResult]:
-        responses = self._responses(inputs, timeout)
+        responses = self._open(inputs, timeout)
         try:
             async for result in responses:
                 yield decode_label_result(result)
         finally:
             await responses.aclose()
+
+    def _open(
+        self, inputs: list[InferInput], timeout: float | None
+    ) -> AsyncGenerator[InferResult, None]:
+        """``_responses``, known to ``close()`` while it is held."""
+        responses = self._responses(inputs, timeout)
+        self._streams[responses] = asyncio.get_running_loop()
+        return responses
 
     async def _responses(
         self, inputs: list[InferInput], timeout: float | None
@@ -745,6 +813,8 @@ class AsyncNERClient(_BaseClient):
         ends the stream once the request is complete.
         """
         client = self._get_client()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         request = {
             "model_name": self._model_name,
             "inputs": inputs,
@@ -783,4 +853,4 @@ class AsyncNERClient(_BaseClient):
                 raise
         finally:
             if not done:
-                self._retire(responses)
+                self._retire(responses, deadline)

@@ -508,15 +508,19 @@ def test_connection_refused_is_fast():
 
 
 class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Speaks the padellm contract: text "slow..." sleeps, "" is INVALID_ARGUMENT,
-    "crash" is an [INTERNAL] error; entities are every capitalised word, labelled
-    by the requested labels in turn."""
+    """Speaks the padellm contract: text "slow S ..." sleeps S s before its responses, "drip
+    S ..." S s between them, "" is INVALID_ARGUMENT, "crash" is an [INTERNAL] error;
+    entities are every capitalised word, labelled by the requested labels in turn.
+    ``ended`` counts the streams that ended by the client's half-close, ``cancelled`` the
+    ones the client cancelled (what trips tritonserver 2.51)."""
 
     labels = ("LOC", "PER")
 
     def __init__(self):
         self.requests: list = []
         self.lock = threading.Lock()
+        self.ended = 0
+        self.cancelled = 0
 
     def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
@@ -534,6 +538,20 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         return out
 
     def ModelStreamInfer(self, request_iterator, context):
+        half_closed = threading.Event()
+
+        def on_end() -> None:
+            with self.lock:
+                if half_closed.is_set():
+                    self.ended += 1
+                else:
+                    self.cancelled += 1
+
+        context.add_callback(on_end)
+        yield from self._answer(request_iterator)
+        half_closed.set()
+
+    def _answer(self, request_iterator):
         for request in request_iterator:
             with self.lock:
                 self.requests.append(request)
@@ -556,6 +574,8 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
             else:
                 parts = [("", [e for label in labels for e in self._entities(text, label)])]
             for i, (label, ents) in enumerate(parts):
+                if i and text.startswith("drip"):
+                    time.sleep(float(text.split()[1]))
                 last = i == len(parts) - 1 and not empty_final
                 resp = make_response(label, ents, final=last)
                 resp.id = request.id
@@ -711,3 +731,48 @@ def test_async_client(fake_server):
             ]
 
     asyncio.run(main())
+
+
+def _stream_ends(fake_server) -> tuple[int, int]:
+    with fake_server.lock:
+        return fake_server.ended, fake_server.cancelled
+
+
+def test_async_close_right_after_a_break_lets_the_stream_end(fake_server):
+    """A ``break`` out of ``async for`` does not close the generator: asyncio's finalizer
+    hook schedules that for later, so ``close()`` right after it (``async with``'s exit)
+    found nothing to wait for and its channel close cancelled the stream, which keeps
+    tritonserver 2.51's model from unloading (seen in CI as "still holds padellm"). A
+    stream left open and held is ended the same way."""
+    url = f"127.0.0.1:{fake_server.port}"
+    text = "drip 0.3 Rome Paris"
+
+    async def main():
+        async with AsyncNERClient(url, timeout=10) as client:
+            async for _result in client.stream(text, labels=["LOC", "PER"]):
+                break
+        client = AsyncNERClient(url, timeout=10)
+        held = client.stream(text, labels=["LOC", "PER"])
+        assert (await held.__anext__()).label == "LOC"
+        await client.close()
+        return held
+
+    ended, cancelled = _stream_ends(fake_server)
+    held = asyncio.run(main())
+    assert _stream_ends(fake_server) == (ended + 2, cancelled)
+    del held
+
+
+def test_sync_close_waits_for_the_calls_it_left(fake_server):
+    """``close()`` gives a call left early time to end (a stream cut by the process's exit
+    is a cancel too), and ends a stream the caller still holds."""
+    url = f"127.0.0.1:{fake_server.port}"
+    text = "drip 0.3 Rome Paris"
+    ended, cancelled = _stream_ends(fake_server)
+    with NERClient(url, timeout=10) as client:
+        for _result in client.stream(text, labels=["LOC", "PER"]):
+            break
+        held = client.stream(text, labels=["LOC", "PER"])
+        assert next(held).label == "LOC"
+    assert _stream_ends(fake_server) == (ended + 2, cancelled)
+    assert list(held) == []
