@@ -511,16 +511,15 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Speaks the padellm contract: text "slow S ..." sleeps S s before its responses, "drip
     S ..." S s between them, "" is INVALID_ARGUMENT, "crash" is an [INTERNAL] error;
     entities are every capitalised word, labelled by the requested labels in turn.
-    ``ended`` counts the streams that ended by the client's half-close, ``cancelled`` the
-    ones the client cancelled (what trips tritonserver 2.51)."""
+    ``outcomes`` holds (TEXT, "ended" or "cancelled") for each stream that ended: by the
+    client's half-close, or by a cancel (what trips tritonserver 2.51)."""
 
     labels = ("LOC", "PER")
 
     def __init__(self):
         self.requests: list = []
         self.lock = threading.Lock()
-        self.ended = 0
-        self.cancelled = 0
+        self.outcomes: list[tuple[str, str]] = []
 
     def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
@@ -539,23 +538,23 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelStreamInfer(self, request_iterator, context):
         half_closed = threading.Event()
+        texts: list[str] = []
 
         def on_end() -> None:
             with self.lock:
-                if half_closed.is_set():
-                    self.ended += 1
-                else:
-                    self.cancelled += 1
+                for text in texts:
+                    self.outcomes.append((text, "ended" if half_closed.is_set() else "cancelled"))
 
         context.add_callback(on_end)
-        yield from self._answer(request_iterator)
+        yield from self._answer(request_iterator, texts)
         half_closed.set()
 
-    def _answer(self, request_iterator):
+    def _answer(self, request_iterator, texts: list[str]):
         for request in request_iterator:
             with self.lock:
                 self.requests.append(request)
             text = _input_value(request, "TEXT")[0]
+            texts.append(text)
             labels = _input_value(request, "LABELS") or list(self.labels)
             stream = bool((_input_value(request, "STREAM") or [False])[0])
             empty_final = request.parameters["triton_enable_empty_final_response"].bool_param
@@ -733,9 +732,16 @@ def test_async_client(fake_server):
     asyncio.run(main())
 
 
-def _stream_ends(fake_server) -> tuple[int, int]:
-    with fake_server.lock:
-        return fake_server.ended, fake_server.cancelled
+def _stream_ends(fake_server, text: str, count: int) -> list[str]:
+    """How the streams of ``text`` ended, once ``count`` have (the server's end-of-RPC
+    callback runs a moment after the client has seen the stream end) or after 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        with fake_server.lock:
+            ends = [how for sent, how in fake_server.outcomes if sent == text]
+        if len(ends) >= count or time.monotonic() > deadline:
+            return ends
+        time.sleep(0.01)
 
 
 def test_async_close_right_after_a_break_lets_the_stream_end(fake_server):
@@ -745,7 +751,7 @@ def test_async_close_right_after_a_break_lets_the_stream_end(fake_server):
     tritonserver 2.51's model from unloading (seen in CI as "still holds padellm"). A
     stream left open and held is ended the same way."""
     url = f"127.0.0.1:{fake_server.port}"
-    text = "drip 0.3 Rome Paris"
+    text = "drip 0.3 Rome Paris (async close)"
 
     async def main():
         async with AsyncNERClient(url, timeout=10) as client:
@@ -757,9 +763,8 @@ def test_async_close_right_after_a_break_lets_the_stream_end(fake_server):
         await client.close()
         return held
 
-    ended, cancelled = _stream_ends(fake_server)
     held = asyncio.run(main())
-    assert _stream_ends(fake_server) == (ended + 2, cancelled)
+    assert _stream_ends(fake_server, text, 2) == ["ended", "ended"]
     del held
 
 
@@ -767,14 +772,14 @@ def test_sync_close_waits_for_the_calls_it_left(fake_server):
     """``close()`` gives a call left early time to end (a stream cut by the process's exit
     is a cancel too), and ends a stream the caller still holds."""
     url = f"127.0.0.1:{fake_server.port}"
-    text = "drip 0.3 Rome Paris"
-    ended, cancelled = _stream_ends(fake_server)
+    text = "drip 0.3 Rome Paris (sync close)"
     with NERClient(url, timeout=10) as client:
         for _result in client.stream(text, labels=["LOC", "PER"]):
             break
         held = client.stream(text, labels=["LOC", "PER"])
         assert next(held).label == "LOC"
-    assert _stream_ends(fake_server) == (ended + 2, cancelled)
+    assert not client._retiring  # close() waited for both
+    assert _stream_ends(fake_server, text, 2) == ["ended", "ended"]
     assert list(held) == []
 
 
