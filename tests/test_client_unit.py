@@ -786,12 +786,12 @@ def test_sync_close_waits_for_the_calls_it_left(fake_server):
 def test_a_sync_stream_still_held_at_exit_does_not_hang_the_interpreter(fake_server):
     """A stream nobody closed is closed by the interpreter's last garbage collection, when
     no thread can start: Python 3.11 then hung for good in ``Thread.start``. (The exit
-    still waits for tritonclient's stream thread, until the call's 10 s deadline.)"""
+    still waits for tritonclient's stream thread, until the call's 2 s deadline.)"""
     import sys
 
     script = (
         "from padellm_client import NERClient\n"
-        f"client = NERClient('127.0.0.1:{fake_server.port}', timeout=10)\n"
+        f"client = NERClient('127.0.0.1:{fake_server.port}', timeout=2)\n"
         "held = client.stream('drip 0.3 Rome Paris', labels=['LOC', 'PER'])\n"
         "print(next(held).label)\n"
     )
