@@ -133,6 +133,38 @@ def test_tritonserver_stops_when_the_process_that_started_it_is_sigkilled(tmp_pa
         _kill_all(parent, server_pid)
 
 
+@pytest.mark.slow
+def test_stop_removes_the_stub_regions_left_while_the_server_ran(tmp_path) -> None:
+    """A stub that tritonserver's exit timeout cut off (its model held by a cancelled
+    stream) leaves its 1 MB /dev/shm region; the CI's session server left one per run.
+    ``stop`` removes the regions that appeared while it ran and that nobody uses: not one
+    that was there before it started, nor one a process still holds open."""
+    import uuid
+
+    from padellm_ner.serving.shm_sweep import SHM_PREFIX
+
+    def region() -> Path:
+        path = Path("/dev/shm") / f"{SHM_PREFIX}{uuid.uuid4()}"
+        path.write_bytes(b"\0" * 4096)
+        return path
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    before = region()
+    server = TritonServer(repo, startup_timeout=120, log_path=tmp_path / "server.log").start()
+    try:
+        left, held = region(), region()
+        time.sleep(1.1)  # NOTE: a region under a second old may be another server's, unmapped
+        with held.open("rb"):
+            server.stop()
+            assert not left.exists()
+            assert before.exists() and held.exists()
+    finally:
+        server.stop()
+        for path in (before, left, held):
+            path.unlink(missing_ok=True)
+
+
 #: a stub stand-in: the switch armed, then once its parent is gone every Python thread
 #: stuck (a C call that keeps the GIL, as a metric call to a server that has gone did)
 _WEDGED_STUB = """

@@ -8,6 +8,7 @@ venv fail to import).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -30,6 +31,7 @@ from types import TracebackType
 
 from padellm_ner.engine_metrics import REQUESTS_IN_FLIGHT
 from padellm_ner.prom_text import metric_sum, read_samples
+from padellm_ner.serving.shm_sweep import shm_region_names, sweep_stale_shm_regions
 
 __all__ = [
     "DrainResult",
@@ -52,6 +54,10 @@ class TritonServerError(RuntimeError):
 #: how long a model must look idle while UNLOADING before the drain stops waiting for it
 #: (two metric reads at least: a request Triton has just handed over is counted by then)
 IDLE_GRACE_S = 1.0
+#: how long ``stop`` waits for the stubs to end before it sweeps their regions
+_STUB_EXIT_WAIT_S = 3.0
+#: a region younger than this may be another server's, not mapped yet (``shm_sweep``)
+_FRESH_REGION_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +250,7 @@ class TritonServer:
         self.log_path = Path(log_path).resolve()
         self._proc: subprocess.Popen | None = None
         self._log = None
+        self._shm_before: set[str] = set()
 
     # -- addresses -----------------------------------------------------------------
     @property
@@ -304,6 +311,7 @@ class TritonServer:
         cmd = self._guarded(self.command(install))
         logger.info("starting %s (log: %s)", " ".join(cmd), self.log_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._shm_before = shm_region_names()
         self._proc = subprocess.Popen(
             cmd,
             stdout=self._log,
@@ -439,9 +447,25 @@ class TritonServer:
                 logger.warning("tritonserver ignored SIGTERM for %.0f s; killing it", timeout)
                 os.killpg(proc.pid, signal.SIGKILL)  # NOTE: its own session: stubs too
                 proc.wait()
+        if proc is not None:
+            self._sweep_own_shm_regions(proc.pid)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _sweep_own_shm_regions(self, group: int) -> None:
+        """Remove the stubs' /dev/shm regions that appeared while this server ran and that
+        nobody uses now. Why: a stub that tritonserver's exit timeout cut off (a model held
+        by a cancelled stream) ends without unlinking its 1 MB region (``shm_sweep``). Its
+        stubs get up to ``_STUB_EXIT_WAIT_S`` to end first."""
+        deadline = time.monotonic() + _STUB_EXIT_WAIT_S
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            while time.monotonic() < deadline:
+                os.killpg(group, 0)  # NOTE: raises once no process of the group is left
+                time.sleep(0.1)
+        new = shm_region_names() - self._shm_before
+        if new:
+            sweep_stale_shm_regions(names=new, min_age_s=_FRESH_REGION_S)
 
     def __enter__(self) -> TritonServer:
         return self.start()
