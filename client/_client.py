@@ -406,7 +406,8 @@ class NERClient(_BaseClient):
         with self._lock:
             retiring = dict(self._retiring)
         if retiring:
-            until = time.monotonic() + _wait_bound(retiring.values(), time.monotonic())
+            now = time.monotonic()
+            until = now + _wait_bound(retiring.values(), now)
             for thread in retiring:
                 thread.join(max(0.0, until - time.monotonic()))
         with self._lock:
